@@ -1,0 +1,3 @@
+from otto_farm.cli.main import main
+
+main()

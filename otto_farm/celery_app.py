@@ -1,0 +1,57 @@
+"""The Celery app: JSON only, three queues, settings for long jobs. Job definitions live in jobs.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from otto_farm.settings import VISIBILITY_TIMEOUT_S, Settings
+
+TASKS_QUEUE = "otto.tasks"  # coding jobs
+CONTROL_QUEUE = "otto.control"  # batch callbacks, merges, run transitions
+PILOT_QUEUE = "otto.pilot"  # LLM decisions
+QUEUES = (TASKS_QUEUE, CONTROL_QUEUE, PILOT_QUEUE)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend or settings.resolved_store_url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_queues": [Queue(q) for q in QUEUES],
+        "task_default_queue": CONTROL_QUEUE,
+        "task_routes": {"otto_farm.run_task": {"queue": TASKS_QUEUE}},
+        # A job is acked when it ends, so a lost worker's job goes back to the queue.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        "result_expires": 7 * 24 * 3600,
+        "task_track_started": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+    }
+
+
+app = Celery("otto_farm", include=["otto_farm.jobs"])
+
+
+def configure(settings: Settings) -> Celery:
+    """Point the app at these settings; the CLI calls it once the embedded Redis (if any) is up."""
+    app.conf.update(celery_config(settings))
+    return app
+
+
+_settings = Settings.load()
+if not _settings.embedded:
+    configure(_settings)
+elif _settings.socket_path.exists():
+    configure(_settings.with_embedded())

@@ -1,0 +1,98 @@
+"""What the commands share: option aliases, error handling, reaching the store, rendering."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, TypeVar
+
+import redis
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from otto_farm import celery_app
+from otto_farm.embedded import session
+from otto_farm.errors import OttoFarmError
+from otto_farm.models import RunRecord, TaskStatus
+from otto_farm.settings import Settings
+from otto_farm.store import Store
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+RunId = Annotated[str, typer.Argument(help="Run id (see `otto-farm runs`).")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Local worker processes (embedded default).")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+STATUS_STYLE = {
+    TaskStatus.passed: "green", TaskStatus.failed: "red", TaskStatus.error: "red", TaskStatus.timeout: "red",
+    TaskStatus.merge_conflict: "yellow", TaskStatus.skipped: "dim", TaskStatus.running: "cyan",
+}
+
+
+def exits_cleanly(fn: F) -> F:
+    """Turn otto-farm errors into one line on stderr and their exit code (2 input, 3 infrastructure)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OttoFarmError as exc:
+            err_console.print(f"otto-farm: {exc}", markup=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except (redis.RedisError, OSError) as exc:
+            err_console.print(f"otto-farm: infrastructure error: {exc}", markup=False, soft_wrap=True)
+            raise typer.Exit(3) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def connected(workers: int = 0) -> Iterator[tuple[Store, Any]]:
+    """A store (and a configured Celery app) on the configured broker or the embedded one."""
+    with session(Settings.load(), workers) as (settings, proc):
+        celery_app.configure(settings)
+        store = Store.from_url(settings.resolved_store_url)
+        store.ping()
+        yield store, proc
+
+
+def short(sha: str | None) -> str:
+    return sha[:10] if sha else "-"
+
+
+def task_table(record: RunRecord) -> Table:
+    table = Table(title=f"run {record.run_id}", title_justify="left")
+    for col in ("task", "batch", "status", "attempts", "runs", "branch", "sha", "duration"):
+        table.add_column(col)
+    for key, state in record.tasks.items():
+        last = state.last
+        style = STATUS_STYLE.get(state.status, "")
+        table.add_row(
+            key,
+            "-" if state.batch is None else str(state.batch + 1),
+            f"[{style}]{state.status.value}[/]" if style else state.status.value,
+            str(len(last.attempts)) if last else "-",
+            str(state.runs),
+            last.branch if last else "-",
+            short(last.commit_sha if last else None),
+            f"{last.duration_s:.1f}s" if last else "-",
+        )
+    return table
+
+
+def summary_line(record: RunRecord) -> str:
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(record.counts().items()))
+    return (
+        f"run {record.run_id} {record.status.value}: {counts}; integration branch "
+        f"{record.integration_branch} at {short(record.integration_sha)}"
+        + (f"; error: {record.error}" if record.error else "")
+    )
+
+
+def write_json(text: str) -> None:
+    sys.stdout.write(text + "\n")

@@ -1,0 +1,47 @@
+"""`otto-farm demo`: make the textkit demo repository and run the quickstart task set on it."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+import otto_farm
+from otto_farm import gitops
+from otto_farm.cli.common import Workers, console, exits_cleanly
+from otto_farm.cli.submit import submit
+from otto_farm.errors import InputError
+
+
+def examples_dir() -> Path:
+    """tasks/examples from the source tree, or its copy inside an installed wheel."""
+    package = Path(otto_farm.__file__).parent
+    for candidate in (package.parent / "tasks" / "examples", package / "_tasks" / "examples"):
+        if (candidate / "quickstart.yaml").is_file():
+            return candidate
+    raise InputError("tasks/examples/quickstart.yaml", "", "not found beside the installed package")
+
+
+def make_demo_repo(target: Path) -> Path:
+    """A fresh git repository with the textkit starting point committed on `main`."""
+    if target.exists() and any(target.iterdir()):
+        raise InputError(str(target), "DIR", "exists and is not empty")
+    shutil.copytree(examples_dir() / "quickstart-repo", target, dirs_exist_ok=True)
+    gitops.git(["init", "-q", "-b", "main"], cwd=target)
+    gitops.git(["add", "-A"], cwd=target)
+    gitops.git(["commit", "-q", "-m", "textkit: starting point"], cwd=target)
+    return target
+
+
+@exits_cleanly
+def demo(
+    directory: Annotated[Path | None, typer.Argument(metavar="[DIR]", help="Where to make the demo repo.")] = None,
+    workers: Workers = 2,
+) -> None:
+    """Make a small demo repository and run tasks/examples/quickstart.yaml on it."""
+    repo = make_demo_repo(directory or Path(tempfile.mkdtemp(prefix="otto-farm-demo-")))
+    console.print(f"demo repository: {repo}")
+    submit(examples_dir() / "quickstart.yaml", repo=str(repo), wait=True, workers=workers, dry_run=False)

@@ -1,0 +1,38 @@
+"""`otto-farm logs`: what a task's agent and verify command printed, attempt by attempt."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from otto_farm.cli.common import RunId, connected, console, exits_cleanly
+from otto_farm.errors import InputError
+
+
+@exits_cleanly
+def logs(
+    run_id: RunId,
+    task: Annotated[str, typer.Argument(help="Task key.")],
+    attempt: Annotated[int | None, typer.Option(help="Only this attempt (of every run).")] = None,
+) -> None:
+    """Agent output and verify output of every attempt of one task."""
+    with connected() as (store, _):
+        record = store.get(run_id)
+    state = record.tasks.get(task)
+    if state is None:
+        raise InputError("task", task, f"not in run {run_id}")
+    if not state.results:
+        console.print(f"{task}: {state.status.value}, no job has finished yet")
+    for result in state.results:
+        console.rule(f"{task} run {result.run_no} (batch {result.batch + 1}): {result.status.value}")
+        if result.error:
+            console.print(f"error: {result.error}", markup=False)
+        for a in result.attempts:
+            if attempt is not None and a.number != attempt:
+                continue
+            console.print(f"--- attempt {a.number}: agent exit {a.agent_exit_code}", markup=False)
+            console.print(a.agent_output or "(no agent output)", markup=False)
+            if a.verify_exit_code is not None:
+                console.print(f"--- attempt {a.number}: verify exit {a.verify_exit_code}", markup=False)
+                console.print(a.verify_output or "(no verify output)", markup=False)

@@ -1,0 +1,83 @@
+"""`otto-farm submit`: validate a task set, start the run, follow it to the end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from otto_farm import coordinator, taskset
+from otto_farm.cli.common import Workers, connected, console, exits_cleanly, summary_line, task_table
+from otto_farm.embedded import Embedded
+from otto_farm.errors import InfrastructureError, InputError
+from otto_farm.models import RunRecord, RunStatus
+from otto_farm.plan import batches
+from otto_farm.settings import Settings
+from otto_farm.store import Store
+
+EXIT_CODES = {RunStatus.passed: 0, RunStatus.failed: 1, RunStatus.error: 3}
+
+
+@exits_cleanly
+def submit(
+    file: Annotated[Path, typer.Argument(help="Task set: YAML, or .txt with one prompt per line.")],
+    repo: Annotated[str | None, typer.Option(help="Repository path or URL (overrides the file's).")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the run to its end.")] = True,
+    workers: Workers = 2,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan only.")] = False,
+) -> None:
+    """Run a task set: batches of coding jobs, merged into an integration branch."""
+    loaded = taskset.load(file, repo)
+    if dry_run:
+        ts = loaded.taskset
+        plan = batches([t.key for t in ts.tasks], {t.key: t.depends_on for t in ts.tasks}, ts.max_batch_size)
+        console.print(f"{file}: {len(ts.tasks)} tasks in {len(plan)} batches on {loaded.repo} ({loaded.base})")
+        for i, batch in enumerate(plan, 1):
+            console.print(f"  batch {i}: {', '.join(batch)}")
+        return
+    if not wait and (settings := Settings.load()).embedded and not Embedded(settings).redis_up():
+        raise InputError("--no-wait", "", "needs a running farm: start one with `otto-farm up`")
+    with connected(workers) as (store, proc):
+        record = coordinator.start(store, loaded)
+        console.print(f"run {record.run_id}: {len(record.tasks)} tasks on {loaded.repo} ({loaded.base})")
+        if not wait:
+            return
+        record = follow(store, record.run_id, proc)
+    console.print(task_table(record))
+    console.print(summary_line(record))
+    raise typer.Exit(EXIT_CODES[record.status])
+
+
+def follow(store: Store, run_id: str, workers: object | None = None) -> RunRecord:
+    """Print the run's events as they come until it ends."""
+    after = "0"
+    while True:
+        for after, event in store.events(run_id, after, block_ms=1000):
+            if line := render_event(event):
+                console.print(line, markup=False)
+            if event["kind"] == "run_finished":
+                return store.get(run_id)
+        if workers is not None and workers.poll() is not None:  # type: ignore[attr-defined]
+            raise InfrastructureError("the local worker process exited; see .otto-farm/worker.log")
+
+
+def render_event(e: dict[str, str]) -> str | None:
+    kind, task = e["kind"], e.get("task", "")
+    if kind == "batch_started":
+        return f"batch {int(e['batch']) + 1}: {e['tasks'].replace(',', ', ')}"
+    if kind == "task_started":
+        return f"  > {task} started (run {e['run']}) on {e.get('worker', '?')}"
+    if kind == "task_finished":
+        mark = "ok" if e["status"] == "passed" else "!!"
+        why = f" ({e['error']})" if e.get("error") else ""
+        return f"  {mark} {task} {e['status']}{why} after {e['attempts']} attempt(s)"
+    if kind == "batch_merged":
+        line = f"  merged [{e.get('merged') or 'nothing'}] -> {e['sha'][:10]}"
+        return line + (f"; conflicts: {e['conflicts']}" if e.get("conflicts") else "")
+    if kind == "decision":
+        parts = [f"retry {e['retry']}" if e.get("retry") else "", f"skip {e['skip']}" if e.get("skip") else ""]
+        return f"  {e['source']}: " + "; ".join(p for p in parts if p) if any(parts) else None
+    if kind == "run_finished":
+        return f"run {e['status']}" + (f": {e['error']}" if e.get("error") else "")
+    return None

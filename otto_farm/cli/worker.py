@@ -1,0 +1,36 @@
+"""`otto-farm worker`: a Celery worker on otto-farm's queues, for this or another machine."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from otto_farm.celery_app import QUEUES
+from otto_farm.cli.common import exits_cleanly
+from otto_farm.embedded import Embedded
+from otto_farm.errors import InputError
+from otto_farm.settings import Settings
+
+
+@exits_cleanly
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues.")] = ",".join(QUEUES),
+    concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once.")] = 2,
+    hostname: Annotated[str | None, typer.Option(help="Celery node name, e.g. gpu1@%h.")] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run a Celery worker (replaces this process) on the configured broker or the running embedded one."""
+    settings = Settings.load()
+    if settings.embedded:
+        farm = Embedded(settings)
+        if not farm.redis_up():
+            raise InputError("OTTO_FARM_BROKER_URL", "", "not set, and no embedded farm is up (`otto-farm up`)")
+        settings = farm.settings
+    argv = [sys.executable, "-m", "celery", "-A", "otto_farm.celery_app", "worker", "-Q", queues,
+            "-c", str(concurrency), "--loglevel", loglevel]
+    if hostname:
+        argv += ["-n", hostname]
+    os.execve(sys.executable, argv, {**os.environ, **settings.env()})

@@ -1,0 +1,185 @@
+"""Starts runs and moves them from batch to batch: store results, merge, decide, dispatch the next chord."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from celery import chord
+
+from otto_farm import gitops, taskrun
+from otto_farm.celery_app import CONTROL_QUEUE, TASKS_QUEUE, app
+from otto_farm.models import (
+    BatchRecord,
+    BatchStatus,
+    Decision,
+    RunRecord,
+    RunStatus,
+    TaskResult,
+    TaskState,
+    TaskStatus,
+    utcnow,
+)
+from otto_farm.plan import batches, replan
+from otto_farm.store import Store, new_run_id
+from otto_farm.taskset import LoadedTaskSet
+
+# Beyond the agent's own limit: time for git, verify start-up and reporting before Celery steps in.
+SOFT_LIMIT_GRACE_S, HARD_LIMIT_GRACE_S = 60, 120
+CALLBACK_LOCK_S = 900
+
+
+def start(store: Store, loaded: LoadedTaskSet) -> RunRecord:
+    """Record a new run and dispatch its first batch."""
+    ts = loaded.taskset
+    run_id = new_run_id()
+    record = RunRecord(
+        run_id=run_id,
+        name=ts.name,
+        source=str(loaded.source),
+        taskset_dir=str(loaded.source.parent),
+        taskset=ts,
+        repo=loaded.repo,
+        base=loaded.base,
+        base_sha=loaded.base_sha,
+        integration_branch=ts.integration_branch or f"otto-farm/{run_id}/integration",
+        tasks={t.key: TaskState(key=t.key) for t in ts.tasks},
+        plan=batches([t.key for t in ts.tasks], {t.key: t.depends_on for t in ts.tasks}, ts.max_batch_size),
+    )
+    store.create(record)
+    return dispatch_next(store, run_id)
+
+
+def dispatch_next(store: Store, run_id: str) -> RunRecord:
+    """Turn the next planned batch into a chord of run_task jobs with a batch_done callback."""
+
+    def change(record: RunRecord) -> None:
+        keys = record.plan.pop(0)
+        prev = record.batches[-1] if record.batches else None
+        record.batches.append(BatchRecord(
+            index=len(record.batches),
+            tasks=keys,
+            base_ref=record.integration_branch if prev else record.base,
+            base_sha=(prev.merged_sha or record.base_sha) if prev else record.base_sha,
+        ))
+        for key in keys:
+            state = record.tasks[key]
+            state.status, state.batch, state.runs = TaskStatus.running, len(record.batches) - 1, state.runs + 1
+
+    record = store.update(run_id, change)
+    batch = record.batches[-1]
+    timeout_s = record.taskset.timeout_s
+    header = [
+        app.signature(
+            "otto_farm.run_task",
+            args=(run_id, key, record.tasks[key].runs, batch.index),
+            queue=TASKS_QUEUE,
+            task_id=f"{run_id}.b{batch.index}.{key}.r{record.tasks[key].runs}",
+            soft_time_limit=timeout_s + SOFT_LIMIT_GRACE_S,
+            time_limit=timeout_s + HARD_LIMIT_GRACE_S,
+        )
+        for key in batch.tasks
+    ]
+    callback = app.signature(
+        "otto_farm.batch_done", args=(run_id, batch.index), queue=CONTROL_QUEUE,
+        task_id=f"{run_id}.b{batch.index}.done",
+    )
+    chord(header)(callback)
+    _untrack([sig.id for sig in header])
+    store.emit(run_id, "batch_started", batch=batch.index, tasks=",".join(batch.tasks))
+    return record
+
+
+def _untrack(task_ids: list[str]) -> None:
+    """Drop Celery's local tracking of the header results: nobody here waits on them.
+
+    Celery 5.x keeps them (and a pubsub subscription each) until a result drainer sees them finish;
+    with none running they pile up in a long-lived control worker, and unsubscribe at interpreter
+    exit, when an embedded Redis may be gone. There is no public API to drop them by id.
+    """
+    backend = app.backend
+    for mapping in getattr(backend, "_pending_results", ()):
+        for task_id in task_ids:
+            mapping.pop(task_id, None)
+    if hasattr(backend, "result_consumer"):
+        for task_id in task_ids:
+            backend.result_consumer.cancel_for(task_id)
+
+
+def finish_batch(store: Store, work_dir: Path, run_id: str, index: int, results: list[dict[str, object]]) -> None:
+    """The chord callback's work: store results, merge passing branches, decide, dispatch or finish.
+
+    Serialised per run by a lease, and a batch already done is left alone, so a redelivered callback
+    never merges twice.
+    """
+    with store.lock(run_id, CALLBACK_LOCK_S):
+        if store.get(run_id).batches[index].status is BatchStatus.done:
+            return
+        for raw in results:
+            taskrun.save_result(store, TaskResult.model_validate(raw))
+        record = store.get(run_id)
+        batch = record.batches[index]
+        candidates = [
+            (k, taskrun.branch_name(run_id, k)) for k in batch.tasks
+            if (s := record.tasks[k]).status is TaskStatus.passed and s.last and s.last.commit_sha
+        ]
+        try:
+            outcome = gitops.merge(
+                gitops.RepoCache(work_dir, record.repo), record.integration_branch, batch.base_sha,
+                record.base, candidates,
+            )
+        except Exception as exc:  # the callback boundary: the run ends as an infrastructure error
+            fail(store, run_id, f"merging batch {index} failed: {exc}")
+            return
+
+        def change(record: RunRecord) -> None:
+            batch = record.batches[index]
+            for key in outcome.merged:
+                record.tasks[key].merged_sha = outcome.sha
+            for key, files in outcome.conflicts.items():
+                state = record.tasks[key]
+                state.status, state.reason = TaskStatus.merge_conflict, "conflict in " + ", ".join(files)
+            batch.merged_sha = record.integration_sha = outcome.sha
+            batch.decision = decide(record)
+            apply(record, batch.decision)
+            batch.status, batch.finished_at = BatchStatus.done, utcnow()
+            if not record.plan:
+                done = all(s.status is TaskStatus.passed for s in record.tasks.values())
+                record.status = RunStatus.passed if done else RunStatus.failed
+                record.finished_at = utcnow()
+
+        record = store.update(run_id, change)
+    store.emit(run_id, "batch_merged", batch=index, sha=outcome.sha, merged=",".join(outcome.merged),
+               conflicts=",".join(outcome.conflicts))
+    decision = record.batches[index].decision
+    if decision is not None:
+        store.emit(run_id, "decision", batch=index, source=decision.source, retry=",".join(decision.retry),
+                   skip=",".join(decision.skip), batches=len(decision.batches))
+    if record.status is RunStatus.running:
+        dispatch_next(store, run_id)
+    else:
+        store.emit(run_id, "run_finished", status=record.status.value, sha=record.integration_sha)
+
+
+def decide(record: RunRecord) -> Decision:
+    """The decision point after a batch; the pilot plugs in here. For now, the deterministic replan."""
+    return replan(record)
+
+
+def apply(record: RunRecord, decision: Decision) -> None:
+    for key, guidance in decision.retry.items():
+        state = record.tasks[key]
+        state.status, state.guidance = TaskStatus.pending, guidance
+    for key, reason in decision.skip.items():
+        state = record.tasks[key]
+        state.status, state.reason = TaskStatus.skipped, reason
+    record.plan = decision.batches
+
+
+def fail(store: Store, run_id: str, error: str) -> None:
+    """End a run on an infrastructure failure."""
+
+    def change(record: RunRecord) -> None:
+        record.status, record.error, record.finished_at = RunStatus.error, error, utcnow()
+
+    store.update(run_id, change)
+    store.emit(run_id, "run_finished", status=RunStatus.error.value, error=error)

@@ -1,0 +1,187 @@
+"""Git operations: the per-worker repository cache, reusable worktree slots, commits, pushes, merges."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from otto_farm.errors import GitError
+
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "otto-farm",
+    "GIT_AUTHOR_EMAIL": "otto-farm@localhost",
+    "GIT_COMMITTER_NAME": "otto-farm",
+    "GIT_COMMITTER_EMAIL": "otto-farm@localhost",
+}
+URL_LIKE = re.compile(r"^([a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)")
+
+
+def _run(args: list[str], cwd: Path | None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **IDENTITY, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def git(args: list[str], cwd: Path | None = None, check: bool = True) -> str:
+    """Run git; return stdout, or raise GitError with its output."""
+    proc = _run(args, cwd)
+    if check and proc.returncode != 0:
+        raise GitError(args, proc.stderr + proc.stdout)
+    return proc.stdout
+
+
+def succeeds(args: list[str], cwd: Path | None = None) -> bool:
+    return _run(args, cwd).returncode == 0
+
+
+def is_url(repo: str) -> bool:
+    return bool(URL_LIKE.match(repo))
+
+
+def remote_heads(repo: str) -> dict[str, str]:
+    """Branch name → sha of a repository given by path or URL (raises GitError if it is not one)."""
+    heads = {}
+    for line in git(["ls-remote", "--heads", repo]).splitlines():
+        sha, ref = line.split("\t", 1)
+        heads[ref.removeprefix("refs/heads/")] = sha
+    return heads
+
+
+def remote_default_branch(repo: str) -> str | None:
+    for line in git(["ls-remote", "--symref", repo, "HEAD"]).splitlines():
+        if line.startswith("ref: "):
+            return line.split()[1].removeprefix("refs/heads/")
+    return None
+
+
+@contextmanager
+def _flock(path: Path, blocking: bool = True) -> Iterator[bool]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@dataclass
+class MergeOutcome:
+    sha: str
+    merged: list[str] = field(default_factory=list)
+    conflicts: dict[str, list[str]] = field(default_factory=dict)
+
+
+class RepoCache:
+    """One bare clone of `repo` per worker work dir, shared by its concurrent jobs through file locks.
+
+    Worktrees live in numbered slots and are reused from job to job: resetting a used tree to a nearby
+    commit rewrites only the files that differ, where a fresh checkout writes every file.
+    """
+
+    def __init__(self, work_dir: Path, repo: str) -> None:
+        self.repo = repo
+        self.root = work_dir / "repos" / hashlib.sha1(repo.encode()).hexdigest()[:16]
+        self.git_dir = self.root / "cache.git"
+
+    def fetch(self, refs: list[str]) -> None:
+        """Bring branches of the remote into refs/remotes/origin/ (created on first use)."""
+        with _flock(self.root / "cache.lock"):
+            if not (self.git_dir / "HEAD").exists():
+                git(["init", "--bare", "-q", str(self.git_dir)])
+                git(["remote", "add", "origin", self.repo], cwd=self.git_dir)
+                git(["config", "gc.auto", "0"], cwd=self.git_dir)  # no gc under concurrent jobs
+            specs = [f"+refs/heads/{r}:refs/remotes/origin/{r}" for r in refs]
+            git(["fetch", "-q", "--no-tags", "origin", *specs], cwd=self.git_dir)
+
+    def has_commit(self, sha: str) -> bool:
+        return succeeds(["cat-file", "-e", f"{sha}^{{commit}}"], cwd=self.git_dir)
+
+    @contextmanager
+    def slot(self, sha: str) -> Iterator[Path]:
+        """A worktree no other job of this work dir is using, created at `sha` on first use."""
+        n = 0
+        while True:
+            path = self.root / f"slot-{n}"
+            with _flock(self.root / f"slot-{n}.lock", blocking=False) as held:
+                if held:
+                    if not (path / ".git").exists():
+                        with _flock(self.root / "cache.lock"):
+                            git(["worktree", "prune"], cwd=self.git_dir)
+                            git(["worktree", "add", "-q", "--detach", str(path), sha], cwd=self.git_dir)
+                    yield path
+                    return
+            n += 1
+
+
+def reset(worktree: Path, branch: str, sha: str) -> None:
+    """Point the worktree at `sha` on `branch`, dropping every change and untracked or ignored file."""
+    git(["checkout", "-q", "-f", "--ignore-other-worktrees", "-B", branch, sha], cwd=worktree)
+    git(["clean", "-q", "-ffdx"], cwd=worktree)
+
+
+def release(worktree: Path) -> None:
+    """Detach so the branch is free for another slot; the next job resets the tree anyway."""
+    git(["checkout", "-q", "-f", "--detach"], cwd=worktree, check=False)
+
+
+def commit_all(worktree: Path, message: str) -> bool:
+    """Commit every change in the worktree; False when there was nothing to commit."""
+    git(["add", "-A"], cwd=worktree)
+    if not git(["status", "--porcelain"], cwd=worktree).strip():
+        return False
+    git(["commit", "-q", "--no-verify", "-m", message], cwd=worktree)
+    return True
+
+
+def head(worktree: Path) -> str:
+    return git(["rev-parse", "HEAD"], cwd=worktree).strip()
+
+
+def diff_stat(worktree: Path, base_sha: str) -> str:
+    return git(["diff", "--stat", base_sha, "HEAD"], cwd=worktree).strip()
+
+
+def push(worktree: Path, branch: str) -> None:
+    git(["push", "-q", "--force", "origin", f"HEAD:refs/heads/{branch}"], cwd=worktree)
+
+
+def merge(
+    cache: RepoCache, branch: str, start_sha: str, base_ref: str, candidates: list[tuple[str, str]]
+) -> MergeOutcome:
+    """Merge candidate task branches, (key, branch) in order, into `branch` and push it.
+
+    It starts from the remote `branch` when that already descends from `start_sha` (a redelivered
+    callback after its push: git then finds the work merged and pushes the same head), else from
+    `start_sha`.
+    """
+    remote = remote_heads(cache.repo).get(branch)
+    cache.fetch([base_ref, *(b for _, b in candidates), *([branch] if remote else [])])
+    start = remote if remote and succeeds(["merge-base", "--is-ancestor", start_sha, remote], cache.git_dir) else start_sha
+    outcome = MergeOutcome(sha=start)
+    with cache.slot(start) as wt:
+        reset(wt, branch, start)
+        for key, task_branch in candidates:
+            proc = _run(["merge", "-q", "--no-ff", "--no-edit", "-m", f"otto-farm: merge {key}",
+                         f"refs/remotes/origin/{task_branch}"], wt)
+            if proc.returncode == 0:
+                outcome.merged.append(key)
+                continue
+            files = git(["diff", "--name-only", "--diff-filter=U"], cwd=wt).split()
+            git(["merge", "--abort"], cwd=wt, check=False)
+            git(["reset", "-q", "--hard"], cwd=wt)
+            outcome.conflicts[key] = files or [(proc.stdout + proc.stderr).strip()[-300:]]
+        outcome.sha = head(wt)
+        git(["push", "-q", "--force", "origin", f"HEAD:refs/heads/{branch}"], cwd=wt)
+        release(wt)
+    return outcome

@@ -1,0 +1,46 @@
+"""The Celery jobs: thin wrappers that take ids, and call taskrun and the coordinator."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from otto_farm import coordinator, taskrun
+from otto_farm.celery_app import app
+from otto_farm.settings import Settings
+from otto_farm.store import Store
+
+
+@cache
+def _settings() -> Settings:
+    return Settings.load()
+
+
+@cache
+def _store() -> Store:
+    return Store.from_url(_settings().resolved_store_url)
+
+
+@app.task(name="otto_farm.run_task", bind=True)
+def run_task(self: Any, run_id: str, task_key: str, run_no: int, batch: int) -> dict[str, Any]:
+    """Run one task once; the returned result carries its status, so the chord callback always runs."""
+    store = _store()
+
+    def progress(phase: str, attempt: int) -> None:
+        self.update_state(state="PROGRESS", meta={"run_id": run_id, "task": task_key, "phase": phase,
+                                                  "attempt": attempt})
+        store.emit(run_id, "task_phase", task=task_key, phase=phase, attempt=attempt)
+
+    result = taskrun.run(
+        store, _settings().resolved_work_dir, run_id, task_key, run_no, batch,
+        worker=self.request.hostname or "", progress=progress, timeout_errors=(SoftTimeLimitExceeded,),
+    )
+    return result.model_dump(mode="json")
+
+
+@app.task(name="otto_farm.batch_done")
+def batch_done(results: list[dict[str, Any]], run_id: str, batch: int) -> None:
+    """The chord callback of one batch."""
+    coordinator.finish_batch(_store(), _settings().resolved_work_dir, run_id, batch, results)

@@ -1,0 +1,25 @@
+"""Every Redis key otto-farm uses, under one prefix; no key literal lives anywhere else."""
+
+from __future__ import annotations
+
+PREFIX = "otto-farm"
+
+
+def run_key(run_id: str) -> str:
+    """The JSON run record."""
+    return f"{PREFIX}:run:{run_id}"
+
+
+def events_key(run_id: str) -> str:
+    """The run's progress event stream (XADD)."""
+    return f"{PREFIX}:run:{run_id}:events"
+
+
+def batch_lock_key(run_id: str) -> str:
+    """Serialises a run's batch callbacks, so a redelivered callback cannot merge beside the first."""
+    return f"{PREFIX}:run:{run_id}:lock"
+
+
+def runs_index_key() -> str:
+    """Sorted set of run ids, scored by creation time."""
+    return f"{PREFIX}:runs"

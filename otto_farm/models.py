@@ -1,0 +1,216 @@
+"""pydantic contracts for everything that crosses a process: task sets, results, decisions, run state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+TaskKey = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Strict(BaseModel):
+    """User-facing models reject unknown fields, so a typo is an error rather than a silent default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class AgentConfig(Strict):
+    provider: str = "command"
+    command: str | None = None
+    model: str | None = None
+    max_turns: int = Field(50, ge=1)
+
+
+class PilotConfig(Strict):
+    enabled: bool = True
+    model: str | None = None
+    max_context_chars: int = Field(60000, ge=1000)
+    timeout_s: float = Field(120, gt=0)
+
+
+class BudgetConfig(Strict):
+    max_cost_usd: float | None = Field(None, gt=0)
+
+
+class TaskSpec(Strict):
+    key: TaskKey
+    prompt: NonEmpty
+    depends_on: list[str] = []
+    verify: str | None = None
+    agent: AgentConfig | None = None
+
+
+class TaskSet(Strict):
+    name: str | None = None
+    repo: str = "."
+    base: str | None = None
+    integration_branch: str | None = None
+    setup: str | None = None
+    verify: str = "pytest -q"
+    max_attempts: int = Field(2, ge=1, le=20)
+    max_task_runs: int = Field(2, ge=1, le=20)
+    max_batch_size: int = Field(8, ge=1)
+    # Bounded so the broker's visibility timeout (settings.py) always outlasts a job.
+    timeout_s: float = Field(1800, gt=0, le=6 * 3600)
+    agent: AgentConfig = AgentConfig()
+    pilot: PilotConfig = PilotConfig()
+    budget: BudgetConfig = BudgetConfig()
+    tasks: list[TaskSpec] = Field(min_length=1)
+
+    def task(self, key: str) -> TaskSpec:
+        return next(t for t in self.tasks if t.key == key)
+
+    def agent_for(self, key: str) -> AgentConfig:
+        """The task's agent: the set's agent with the task's own fields laid over it."""
+        override = self.task(key).agent
+        if override is None:
+            return self.agent
+        return self.agent.model_copy(update=override.model_dump(exclude_unset=True))
+
+    def verify_for(self, key: str) -> str:
+        return self.task(key).verify or self.verify
+
+
+class TaskStatus(StrEnum):
+    pending = "pending"  #: waiting for a batch
+    running = "running"  #: its job is on a worker
+    passed = "passed"  #: verify passed (and, once merged, its commit is on the integration branch)
+    failed = "failed"  #: verify failed on every attempt
+    error = "error"  #: the agent, setup or git broke
+    timeout = "timeout"  #: the job ran out of time
+    merge_conflict = "merge_conflict"  #: passed, but its branch did not merge cleanly
+    skipped = "skipped"  #: will not run (a dependency failed for good)
+
+
+FAILED_STATUSES = frozenset(
+    {TaskStatus.failed, TaskStatus.error, TaskStatus.timeout, TaskStatus.merge_conflict}
+)
+
+
+class RunStatus(StrEnum):
+    running = "running"  #: batches still to run
+    passed = "passed"  #: every task passed and merged
+    failed = "failed"  #: finished, some tasks did not pass
+    error = "error"  #: stopped by an infrastructure failure
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(**{k: getattr(self, k) + getattr(other, k) for k in Usage.model_fields})
+
+
+class Attempt(BaseModel):
+    """One agent → verify round inside a job."""
+
+    number: int
+    agent_exit_code: int | None = None
+    agent_output: str = ""
+    verify_exit_code: int | None = None
+    verify_output: str = ""
+    error_code: str | None = None
+    duration_s: float = 0.0
+
+
+class TaskResult(BaseModel):
+    """What one run_task job returns; a failure is a status here, never an exception."""
+
+    run_id: str
+    task_key: str
+    run_no: int
+    batch: int
+    status: TaskStatus
+    error_code: str | None = None
+    error: str | None = None
+    attempts: list[Attempt] = []
+    verify_tail: str = ""
+    diff_stat: str = ""
+    branch: str = ""
+    base_sha: str = ""
+    commit_sha: str | None = None
+    duration_s: float = 0.0
+    usage: Usage = Usage()
+    worker: str = ""
+
+
+class TaskState(BaseModel):
+    key: str
+    status: TaskStatus = TaskStatus.pending
+    batch: int | None = None
+    runs: int = 0
+    results: list[TaskResult] = []
+    guidance: str | None = None  # handed to the task's next run by the replan or the pilot
+    context: list[str] = []  # routed to this task by the pilot
+    reason: str | None = None
+    merged_sha: str | None = None
+
+    @property
+    def last(self) -> TaskResult | None:
+        return self.results[-1] if self.results else None
+
+
+class Decision(BaseModel):
+    """What happens after a batch: retries with guidance, skips with reasons, and the batches to come."""
+
+    source: Literal["replan", "pilot"] = "replan"
+    retry: dict[str, str] = {}
+    skip: dict[str, str] = {}
+    batches: list[list[str]] = []
+
+
+class BatchStatus(StrEnum):
+    running = "running"  #: its chord is out
+    done = "done"  #: results stored, passing branches merged, next step decided
+
+
+class BatchRecord(BaseModel):
+    index: int
+    tasks: list[str]
+    base_ref: str
+    base_sha: str
+    status: BatchStatus = BatchStatus.running
+    merged_sha: str | None = None
+    decision: Decision | None = None
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+
+class RunRecord(BaseModel):
+    run_id: str
+    name: str | None = None
+    source: str
+    taskset_dir: str
+    taskset: TaskSet
+    repo: str
+    base: str
+    base_sha: str
+    integration_branch: str
+    status: RunStatus = RunStatus.running
+    tasks: dict[str, TaskState]
+    batches: list[BatchRecord] = []
+    plan: list[list[str]] = []  # batches still to dispatch
+    learnings: list[str] = []
+    usage: Usage = Usage()
+    integration_sha: str | None = None
+    error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for state in self.tasks.values():
+            out[state.status.value] = out.get(state.status.value, 0) + 1
+        return out

@@ -1,0 +1,102 @@
+"""Dependency layers become batches; after a batch, the deterministic replan decides what runs next."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from otto_farm.errors import OttoFarmError
+from otto_farm.models import FAILED_STATUSES, Decision, RunRecord, TaskStatus
+
+
+class DependencyCycle(OttoFarmError):
+    def __init__(self, cycle: list[str]) -> None:
+        self.cycle = cycle
+        super().__init__("dependency cycle: " + " -> ".join(cycle))
+
+
+def find_cycle(deps: Mapping[str, Iterable[str]]) -> list[str] | None:
+    """One cycle as a closed path of keys (a -> b -> a), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    path: list[str] = []
+
+    def visit(key: str) -> list[str] | None:
+        state[key] = 1
+        path.append(key)
+        for dep in deps.get(key, ()):
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep]
+            if dep in deps and dep not in state and (found := visit(dep)):
+                return found
+        path.pop()
+        state[key] = 2
+        return None
+
+    for key in deps:
+        if key not in state and (found := visit(key)):
+            return found
+    return None
+
+
+def batches(
+    order: list[str], deps: Mapping[str, Iterable[str]], max_batch_size: int, done: Iterable[str] = ()
+) -> list[list[str]]:
+    """Layer `order` so each task comes after its dependencies (those in `done` count as met).
+
+    Layers keep the order of `order`, and each is cut into batches of at most `max_batch_size`.
+    """
+    met = set(done)
+    left = list(order)
+    out: list[list[str]] = []
+    while left:
+        layer = [k for k in left if all(d in met for d in deps.get(k, ()))]
+        if not layer:
+            raise DependencyCycle(find_cycle({k: deps.get(k, ()) for k in left}) or left)
+        out.extend(layer[i:i + max_batch_size] for i in range(0, len(layer), max_batch_size))
+        met.update(layer)
+        left = [k for k in left if k not in met]
+    return out
+
+
+def retry_guidance(record: RunRecord, key: str) -> str:
+    """What the replan hands a retried task: its conflicting files, or its own last verify output."""
+    state = record.tasks[key]
+    last = state.last
+    if state.status is TaskStatus.merge_conflict:
+        return (
+            f"Your previous change did not merge into the integration branch: {state.reason}. "
+            "The code you build on has moved; redo the change on top of it."
+        )
+    if last and last.verify_tail:
+        return "Your previous run failed its verify command. Its output:\n" + last.verify_tail
+    return f"Your previous run ended with {state.status.value}: {state.reason or 'no detail'}"
+
+
+def replan(record: RunRecord) -> Decision:
+    """Retry failed tasks with runs left, skip tasks whose dependencies failed for good, re-layer the rest."""
+    ts = record.taskset
+    deps = {t.key: t.depends_on for t in ts.tasks}
+    decision = Decision(source="replan")
+    lost: set[str] = set()
+    for key, state in record.tasks.items():
+        if state.status in FAILED_STATUSES:
+            if state.runs < ts.max_task_runs:
+                decision.retry[key] = retry_guidance(record, key)
+            else:
+                lost.add(key)
+        elif state.status is TaskStatus.skipped:
+            lost.add(key)
+    # Walk in dependency order so a skip cascades to its dependents' dependents.
+    for key in (k for layer in batches(list(deps), deps, len(deps)) for k in layer):
+        if record.tasks[key].status is TaskStatus.pending and key not in decision.retry:
+            gone = [d for d in deps[key] if d in lost]
+            if gone:
+                decision.skip[key] = f"dependency {gone[0]} did not pass"
+                lost.add(key)
+    todo = [
+        k for k in deps
+        if k not in decision.skip and (record.tasks[k].status is TaskStatus.pending or k in decision.retry)
+    ]
+    passed = [k for k, s in record.tasks.items() if s.status is TaskStatus.passed]
+    decision.batches = batches(todo, deps, ts.max_batch_size, done=passed)
+    return decision
+

@@ -1,0 +1,28 @@
+"""The full prompt a coding agent gets: its task, plus what the run has learned for it."""
+
+from __future__ import annotations
+
+from otto_farm.models import RunRecord
+
+
+def build(record: RunRecord, key: str, previous_failure: str | None = None) -> str:
+    """Task prompt, verify command, learnings, routed context, retry guidance, previous attempt's failure.
+
+    The retry guidance (from the replan or the pilot) sits in its own section beside, never instead
+    of, the previous attempt's verify output: the agent reads its own error first-hand.
+    """
+    ts = record.taskset
+    state = record.tasks[key]
+    parts = [ts.task(key).prompt.strip(), f"## Verify\nYour change must make this command pass: `{ts.verify_for(key)}`"]
+    if record.learnings:
+        parts.append("## Learnings from earlier batches\n" + "\n".join(f"- {x}" for x in record.learnings))
+    if state.context:
+        parts.append("## Context for this task\n" + "\n".join(f"- {x}" for x in state.context))
+    if state.guidance:
+        parts.append("## Retry guidance\n" + state.guidance)
+    if previous_failure:
+        parts.append(
+            "## Previous attempt failed\n" + previous_failure
+            + "\n\nFix the specific failures above. Do not regress items that were passing."
+        )
+    return "\n\n".join(parts) + "\n"

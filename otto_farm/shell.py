@@ -1,0 +1,95 @@
+"""Run a shell command in its own process group, with a deadline and a scrubbed environment."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# Never handed to agents or verify commands: they run code we did not write.
+SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
+SECRET_NAMES = frozenset({"OTTO_FARM_BROKER_URL", "OTTO_FARM_RESULT_BACKEND", "OTTO_FARM_STORE_URL"})
+
+
+@dataclass(frozen=True)
+class ShellResult:
+    exit_code: int
+    output: str
+    stderr: str
+    timed_out: bool
+    duration_s: float
+
+
+def safe_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without secrets, with this interpreter's bin dir first on PATH."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in SECRET_NAMES and not any(m in k.upper() for m in SECRET_MARKERS)
+    }
+    # A worker started from a venv runs `python`/`pytest` from that venv, as its user would expect.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update(extra or {})
+    return env
+
+
+def tail(text: str, limit: int) -> str:
+    """Keep the end of a text, where errors are."""
+    if len(text) <= limit:
+        return text
+    return f"[... {len(text) - limit} chars cut ...]\n" + text[-limit:]
+
+
+def run(
+    command: str,
+    cwd: Path,
+    timeout_s: float,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    split_stderr: bool = False,
+    max_output_chars: int = 200_000,
+) -> ShellResult:
+    """Run `command` through bash; on timeout (or any exception) kill its whole process group."""
+    start = time.monotonic()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            ["/bin/bash", "-c", command],
+            cwd=cwd,
+            env=env if env is not None else safe_env(),
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=out,
+            stderr=err if split_stderr else subprocess.STDOUT,
+            start_new_session=True,
+        )
+        timed_out = False
+        try:
+            proc.communicate(stdin.encode() if stdin is not None else None, timeout=max(timeout_s, 0.01))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            _kill_group(proc)
+        out.seek(0)
+        err.seek(0)
+        output = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
+    return ShellResult(
+        exit_code=proc.returncode if not timed_out else -signal.SIGKILL,
+        output=tail(output, max_output_chars),
+        stderr=tail(stderr, max_output_chars),
+        timed_out=timed_out,
+        duration_s=time.monotonic() - start,
+    )
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    # Background children of the command may outlive it; the group takes them too.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()

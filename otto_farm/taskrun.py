@@ -1,0 +1,185 @@
+"""One run of one task on a worker: worktree, setup, agent → commit → verify rounds, push, a TaskResult.
+
+Plain functions, no Celery: jobs.py wraps them. A task's failure is a returned status, never raised.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from otto_farm import gitops, prompt, shell, verify
+from otto_farm.agents import AgentRequest, get_agent
+from otto_farm.errors import GitError
+from otto_farm.models import Attempt, RunRecord, TaskResult, TaskStatus, Usage
+from otto_farm.store import Store
+
+ATTEMPT_OUTPUT_CHARS = 8_000
+Progress = Callable[[str, int], None]
+
+
+def branch_name(run_id: str, key: str) -> str:
+    return f"otto-farm/{run_id}/{key}"
+
+
+@dataclass
+class _Job:
+    record: RunRecord
+    key: str
+    run_no: int
+    batch: int
+    deadline: float
+    attempts: list[Attempt] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+
+    def remaining_s(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+def run(
+    store: Store,
+    work_dir: Path,
+    run_id: str,
+    key: str,
+    run_no: int,
+    batch: int,
+    worker: str = "",
+    progress: Progress | None = None,
+    timeout_errors: tuple[type[BaseException], ...] = (),
+) -> TaskResult:
+    """Run the task once and store its result; a redelivered job returns the stored result instead."""
+    record = store.get(run_id)
+    stored = next((r for r in record.tasks[key].results if r.run_no == run_no), None)
+    if stored is not None:
+        return stored
+    store.emit(run_id, "task_started", task=key, batch=batch, run=run_no, worker=worker)
+    started = time.monotonic()
+    job = _Job(record, key, run_no, batch, deadline=started + record.taskset.timeout_s)
+    base = record.batches[batch]
+    result = TaskResult(run_id=run_id, task_key=key, run_no=run_no, batch=batch, status=TaskStatus.error,
+                        branch=branch_name(run_id, key), base_sha=base.base_sha, worker=worker)
+    try:
+        _execute(job, work_dir, result, progress or (lambda phase, attempt: None))
+    except GitError as exc:
+        result.status, result.error_code, result.error = TaskStatus.error, "git_error", str(exc)[-2000:]
+    except timeout_errors:
+        result.status, result.error_code, result.error = TaskStatus.timeout, "job_timeout", "job time limit reached"
+    except Exception as exc:  # the job boundary: report, never raise, so the chord callback runs
+        result.status, result.error_code = TaskStatus.error, "infrastructure"
+        result.error = f"{type(exc).__name__}: {exc}"[-2000:]
+    result.attempts, result.usage = job.attempts, job.usage
+    result.duration_s = round(time.monotonic() - started, 3)
+    return save_result(store, result)
+
+
+def save_result(store: Store, result: TaskResult) -> TaskResult:
+    """Store a result once per (task, run); the first stored wins and is returned."""
+    kept: list[TaskResult] = []
+
+    def change(record: RunRecord) -> None:
+        state = record.tasks[result.task_key]
+        existing = next((r for r in state.results if r.run_no == result.run_no), None)
+        if existing is None:
+            state.results.append(result)
+            state.status = result.status
+            state.reason = result.error
+            record.usage = record.usage + result.usage
+        kept[:] = [existing or result]
+
+    store.update(result.run_id, change)
+    if kept[0] is result:
+        store.emit(result.run_id, "task_finished", task=result.task_key, batch=result.batch,
+                   status=result.status.value, attempts=len(result.attempts), error=result.error_code)
+    return kept[0]
+
+
+def _execute(job: _Job, work_dir: Path, result: TaskResult, progress: Progress) -> None:
+    record, key = job.record, job.key
+    ts = record.taskset
+    base = record.batches[job.batch]
+    cache = gitops.RepoCache(work_dir, record.repo)
+    progress("fetch", 0)
+    cache.fetch([base.base_ref])
+    if not cache.has_commit(base.base_sha):
+        result.error_code, result.error = "base_missing", f"base commit {base.base_sha} not on {base.base_ref}"
+        return
+    env = shell.safe_env({"OTTO_FARM_TASKSET_DIR": record.taskset_dir})
+    with cache.slot(base.base_sha) as wt:
+        try:
+            gitops.reset(wt, result.branch, base.base_sha)
+            if ts.setup and not _setup(job, wt, env, result, progress):
+                return
+            _attempts(job, wt, env, result, progress)
+            if gitops.head(wt) != base.base_sha:
+                result.commit_sha = gitops.head(wt)
+                result.diff_stat = gitops.diff_stat(wt, base.base_sha)
+                progress("push", len(job.attempts))
+                gitops.push(wt, result.branch)
+        finally:
+            gitops.release(wt)
+
+
+def _setup(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, progress: Progress) -> bool:
+    progress("setup", 0)
+    res = shell.run(job.record.taskset.setup or "", cwd=wt, timeout_s=job.remaining_s(), env=env)
+    if res.exit_code == 0:
+        return True
+    result.status = TaskStatus.timeout if res.timed_out else TaskStatus.error
+    result.error_code = "setup_timeout" if res.timed_out else "setup_failed"
+    result.error = f"setup exited {res.exit_code}"
+    result.verify_tail = verify.excerpt(res.output)
+    return False
+
+
+def _attempts(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, progress: Progress) -> None:
+    """Agent → commit → verify, up to max_attempts; each retry gets the previous failure first-hand."""
+    ts, key = job.record.taskset, job.key
+    agent_cfg, verify_cmd = ts.agent_for(key), ts.verify_for(key)
+    agent = get_agent(agent_cfg)
+    failure: str | None = None
+    for n in range(1, ts.max_attempts + 1):
+        if job.remaining_s() <= 0:
+            result.status, result.error_code, result.error = TaskStatus.timeout, "job_timeout", "no time left"
+            return
+        progress("agent", n)
+        attempt_start = time.monotonic()
+        outcome = agent.run(AgentRequest(
+            worktree=wt, prompt=prompt.build(job.record, key, failure), config=agent_cfg, env=env,
+            timeout_s=job.remaining_s(), run_id=job.record.run_id, task_key=key, attempt=n,
+        ))
+        attempt = Attempt(number=n, agent_exit_code=outcome.exit_code,
+                          agent_output=shell.tail(outcome.output, ATTEMPT_OUTPUT_CHARS))
+        job.attempts.append(attempt)
+        job.usage = job.usage + outcome.usage
+        if not outcome.ok:
+            timed_out = outcome.stop_reason == "timeout"
+            attempt.error_code = "agent_timeout" if timed_out else "agent_error"
+            result.status = TaskStatus.timeout if timed_out else TaskStatus.error
+            result.error_code, result.error = attempt.error_code, outcome.error
+            failure = f"The agent run failed: {outcome.error}"
+            attempt.duration_s = round(time.monotonic() - attempt_start, 3)
+            if timed_out:
+                return
+            continue
+        gitops.commit_all(wt, f"otto-farm: {key} (run {job.run_no}, attempt {n})")
+        progress("verify", n)
+        res = shell.run(verify_cmd, cwd=wt, timeout_s=job.remaining_s(), env=env)
+        attempt.verify_exit_code = res.exit_code
+        attempt.verify_output = shell.tail(res.output, ATTEMPT_OUTPUT_CHARS)
+        attempt.duration_s = round(time.monotonic() - attempt_start, 3)
+        if res.exit_code == 0 and not res.timed_out:
+            result.status, result.error_code, result.error = TaskStatus.passed, None, None
+            result.verify_tail = shell.tail(res.output, 2000)
+            return
+        result.verify_tail = verify.excerpt(res.output)
+        if res.timed_out:
+            attempt.error_code = "verify_timeout"
+            result.status, result.error_code = TaskStatus.timeout, "verify_timeout"
+            result.error = f"verify timed out: `{verify_cmd}`"
+            return
+        attempt.error_code = "verify_failed"
+        result.status, result.error_code = TaskStatus.failed, "verify_failed"
+        result.error = f"verify exited {res.exit_code}: `{verify_cmd}`"
+        failure = f"The verify command `{verify_cmd}` failed (exit {res.exit_code}):\n{result.verify_tail}"

@@ -1,0 +1,113 @@
+"""A task set file (YAML, or plain text with one prompt per line) → a validated TaskSet and its repo.
+
+Every problem is one InputError naming the file and the field; nothing is written before it passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from otto_farm import gitops
+from otto_farm.agents import AGENTS
+from otto_farm.errors import GitError, InputError
+from otto_farm.models import TaskSet
+from otto_farm.plan import find_cycle
+
+PROBLEMS = {
+    "extra_forbidden": "unknown field",
+    "missing": "required field missing",
+    "string_pattern_mismatch": "unsafe key: must match [a-z0-9][a-z0-9._-]{0,63}",
+    "string_too_short": "must not be empty",
+}
+
+
+@dataclass(frozen=True)
+class LoadedTaskSet:
+    taskset: TaskSet
+    source: Path
+    repo: str  # absolute path or URL, as workers will reach it
+    base: str
+    base_sha: str
+
+
+def load(path: Path, repo: str | None = None) -> LoadedTaskSet:
+    """Read, validate and resolve a task set; `repo` (from the command line) overrides the file's."""
+    source = str(path)
+    if not path.is_file():
+        raise InputError(source, "", "no such file")
+    data = _parse(path)
+    if repo is not None:
+        data["repo"] = repo
+    try:
+        ts = TaskSet.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        problem = PROBLEMS.get(err["type"], err["msg"])
+        if err["type"] == "string_pattern_mismatch":
+            problem = f"{problem} (got {err['input']!r})"
+        raise InputError(source, field or "(top level)", problem) from None
+    _check_tasks(ts, source)
+    # A path in the file is relative to the file; one from the command line, to the current directory.
+    anchor = Path.cwd() if repo is not None else path.parent
+    repo_url = ts.repo if gitops.is_url(ts.repo) else str((anchor / ts.repo).resolve())
+    base, base_sha = _resolve_base(repo_url, ts.base, source)
+    ts = ts.model_copy(update={"repo": repo_url, "base": base})
+    return LoadedTaskSet(taskset=ts, source=path.resolve(), repo=repo_url, base=base, base_sha=base_sha)
+
+
+def _parse(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    if path.suffix == ".txt":
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+        return {"tasks": [{"key": f"t{i}", "prompt": p} for i, p in enumerate(prompts, 1)]}
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InputError(str(path), "", f"YAML error{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise InputError(str(path), "", "expected a mapping with a 'tasks' list")
+    return data
+
+
+def _check_tasks(ts: TaskSet, source: str) -> None:
+    seen: set[str] = set()
+    for i, task in enumerate(ts.tasks):
+        if task.key in seen:
+            raise InputError(source, f"tasks[{i}].key", f"duplicate key {task.key!r}")
+        seen.add(task.key)
+    for i, task in enumerate(ts.tasks):
+        for dep in task.depends_on:
+            if dep not in seen:
+                raise InputError(source, f"tasks[{i}].depends_on", f"unknown task {dep!r}")
+    if cycle := find_cycle({t.key: t.depends_on for t in ts.tasks}):
+        raise InputError(source, "tasks.depends_on", "dependency cycle: " + " -> ".join(cycle))
+    for i, task in enumerate(ts.tasks):
+        field = "agent" if task.agent is None else f"tasks[{i}].agent"
+        agent = ts.agent_for(task.key)
+        if agent.provider not in AGENTS:
+            known = ", ".join(sorted(AGENTS))
+            raise InputError(source, f"{field}.provider", f"unknown provider {agent.provider!r} (known: {known})")
+        if agent.provider == "command" and not agent.command:
+            raise InputError(source, f"{field}.command", "required for provider 'command'")
+
+
+def _resolve_base(repo: str, base: str | None, source: str) -> tuple[str, str]:
+    try:
+        heads = gitops.remote_heads(repo)
+        branch = base or gitops.remote_default_branch(repo)
+    except GitError:
+        raise InputError(source, "repo", f"{repo!r} is not a git repository") from None
+    if branch is None:
+        raise InputError(source, "base", f"repo {repo!r} has no current branch; set base")
+    if branch not in heads:
+        raise InputError(source, "base", f"branch {branch!r} not found in {repo!r}")
+    return branch, heads[branch]
