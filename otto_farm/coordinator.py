@@ -55,15 +55,21 @@ def dispatch_next(store: Store, run_id: str) -> RunRecord:
     def change(record: RunRecord) -> None:
         keys = record.plan.pop(0)
         prev = record.batches[-1] if record.batches else None
-        record.batches.append(BatchRecord(
-            index=len(record.batches),
-            tasks=keys,
-            base_ref=record.integration_branch if prev else record.base,
-            base_sha=(prev.merged_sha or record.base_sha) if prev else record.base_sha,
-        ))
+        record.batches.append(
+            BatchRecord(
+                index=len(record.batches),
+                tasks=keys,
+                base_ref=record.integration_branch if prev else record.base,
+                base_sha=(prev.merged_sha or record.base_sha) if prev else record.base_sha,
+            )
+        )
         for key in keys:
             state = record.tasks[key]
-            state.status, state.batch, state.runs = TaskStatus.running, len(record.batches) - 1, state.runs + 1
+            state.status, state.batch, state.runs = (
+                TaskStatus.running,
+                len(record.batches) - 1,
+                state.runs + 1,
+            )
 
     record = store.update(run_id, change)
     batch = record.batches[-1]
@@ -80,7 +86,9 @@ def dispatch_next(store: Store, run_id: str) -> RunRecord:
         for key in batch.tasks
     ]
     callback = app.signature(
-        "otto_farm.batch_done", args=(run_id, batch.index), queue=CONTROL_QUEUE,
+        "otto_farm.batch_done",
+        args=(run_id, batch.index),
+        queue=CONTROL_QUEUE,
         task_id=f"{run_id}.b{batch.index}.done",
     )
     chord(header)(callback)
@@ -105,7 +113,9 @@ def _untrack(task_ids: list[str]) -> None:
             backend.result_consumer.cancel_for(task_id)
 
 
-def finish_batch(store: Store, work_dir: Path, run_id: str, index: int, results: list[dict[str, object]]) -> None:
+def finish_batch(
+    store: Store, work_dir: Path, run_id: str, index: int, results: list[dict[str, object]]
+) -> None:
     """The chord callback's work: store results, merge passing branches, decide, dispatch or finish.
 
     Serialised per run by a lease, and a batch already done is left alone, so a redelivered callback
@@ -119,13 +129,17 @@ def finish_batch(store: Store, work_dir: Path, run_id: str, index: int, results:
         record = store.get(run_id)
         batch = record.batches[index]
         candidates = [
-            (k, taskrun.branch_name(run_id, k)) for k in batch.tasks
+            (k, taskrun.branch_name(run_id, k))
+            for k in batch.tasks
             if (s := record.tasks[k]).status is TaskStatus.passed and s.last and s.last.commit_sha
         ]
         try:
             outcome = gitops.merge(
-                gitops.RepoCache(work_dir, record.repo), record.integration_branch, batch.base_sha,
-                record.base, candidates,
+                gitops.RepoCache(work_dir, record.repo),
+                record.integration_branch,
+                batch.base_sha,
+                record.base,
+                candidates,
             )
         except Exception as exc:  # the callback boundary: the run ends as an infrastructure error
             fail(store, run_id, f"merging batch {index} failed: {exc}")
@@ -148,12 +162,25 @@ def finish_batch(store: Store, work_dir: Path, run_id: str, index: int, results:
                 record.finished_at = utcnow()
 
         record = store.update(run_id, change)
-    store.emit(run_id, "batch_merged", batch=index, sha=outcome.sha, merged=",".join(outcome.merged),
-               conflicts=",".join(outcome.conflicts))
+    store.emit(
+        run_id,
+        "batch_merged",
+        batch=index,
+        sha=outcome.sha,
+        merged=",".join(outcome.merged),
+        conflicts=",".join(outcome.conflicts),
+    )
     decision = record.batches[index].decision
     if decision is not None:
-        store.emit(run_id, "decision", batch=index, source=decision.source, retry=",".join(decision.retry),
-                   skip=",".join(decision.skip), batches=len(decision.batches))
+        store.emit(
+            run_id,
+            "decision",
+            batch=index,
+            source=decision.source,
+            retry=",".join(decision.retry),
+            skip=",".join(decision.skip),
+            batches=len(decision.batches),
+        )
     if record.status is RunStatus.running:
         dispatch_next(store, run_id)
     else:

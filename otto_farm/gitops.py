@@ -167,13 +167,27 @@ def merge(
     """
     remote = remote_heads(cache.repo).get(branch)
     cache.fetch([base_ref, *(b for _, b in candidates), *([branch] if remote else [])])
-    start = remote if remote and succeeds(["merge-base", "--is-ancestor", start_sha, remote], cache.git_dir) else start_sha
+    start = (
+        remote
+        if remote and succeeds(["merge-base", "--is-ancestor", start_sha, remote], cache.git_dir)
+        else start_sha
+    )
     outcome = MergeOutcome(sha=start)
     with cache.slot(start) as wt:
         reset(wt, branch, start)
         for key, task_branch in candidates:
-            proc = _run(["merge", "-q", "--no-ff", "--no-edit", "-m", f"otto-farm: merge {key}",
-                         f"refs/remotes/origin/{task_branch}"], wt)
+            proc = _run(
+                [
+                    "merge",
+                    "-q",
+                    "--no-ff",
+                    "--no-edit",
+                    "-m",
+                    f"otto-farm: merge {key}",
+                    f"refs/remotes/origin/{task_branch}",
+                ],
+                wt,
+            )
             if proc.returncode == 0:
                 outcome.merged.append(key)
                 continue

@@ -9,6 +9,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from otto_farm import coordinator, taskrun
 from otto_farm.celery_app import app
+from otto_farm.models import TaskResult, TaskStatus
 from otto_farm.settings import Settings
 from otto_farm.store import Store
 
@@ -29,14 +30,36 @@ def run_task(self: Any, run_id: str, task_key: str, run_no: int, batch: int) -> 
     store = _store()
 
     def progress(phase: str, attempt: int) -> None:
-        self.update_state(state="PROGRESS", meta={"run_id": run_id, "task": task_key, "phase": phase,
-                                                  "attempt": attempt})
+        self.update_state(
+            state="PROGRESS", meta={"run_id": run_id, "task": task_key, "phase": phase, "attempt": attempt}
+        )
         store.emit(run_id, "task_phase", task=task_key, phase=phase, attempt=attempt)
 
-    result = taskrun.run(
-        store, _settings().resolved_work_dir, run_id, task_key, run_no, batch,
-        worker=self.request.hostname or "", progress=progress, timeout_errors=(SoftTimeLimitExceeded,),
-    )
+    worker = self.request.hostname or ""
+    try:
+        result = taskrun.run(
+            store,
+            _settings().resolved_work_dir,
+            run_id,
+            task_key,
+            run_no,
+            batch,
+            worker=worker,
+            progress=progress,
+            timeout_errors=(SoftTimeLimitExceeded,),
+        )
+    except Exception as exc:  # e.g. the store is unreachable: report it, so the chord callback still runs
+        result = TaskResult(
+            run_id=run_id,
+            task_key=task_key,
+            run_no=run_no,
+            batch=batch,
+            status=TaskStatus.error,
+            error_code="infrastructure",
+            error=f"{type(exc).__name__}: {exc}"[-2000:],
+            worker=worker,
+            branch=taskrun.branch_name(run_id, task_key),
+        )
     return result.model_dump(mode="json")
 
 

@@ -24,7 +24,7 @@ def find_cycle(deps: Mapping[str, Iterable[str]]) -> list[str] | None:
         path.append(key)
         for dep in deps.get(key, ()):
             if state.get(dep) == 1:
-                return path[path.index(dep):] + [dep]
+                return path[path.index(dep) :] + [dep]
             if dep in deps and dep not in state and (found := visit(dep)):
                 return found
         path.pop()
@@ -51,7 +51,7 @@ def batches(
         layer = [k for k in left if all(d in met for d in deps.get(k, ()))]
         if not layer:
             raise DependencyCycle(find_cycle({k: deps.get(k, ()) for k in left}) or left)
-        out.extend(layer[i:i + max_batch_size] for i in range(0, len(layer), max_batch_size))
+        out.extend(layer[i : i + max_batch_size] for i in range(0, len(layer), max_batch_size))
         met.update(layer)
         left = [k for k in left if k not in met]
     return out
@@ -93,10 +93,10 @@ def replan(record: RunRecord) -> Decision:
                 decision.skip[key] = f"dependency {gone[0]} did not pass"
                 lost.add(key)
     todo = [
-        k for k in deps
+        k
+        for k in deps
         if k not in decision.skip and (record.tasks[k].status is TaskStatus.pending or k in decision.retry)
     ]
     passed = [k for k, s in record.tasks.items() if s.status is TaskStatus.passed]
     decision.batches = batches(todo, deps, ts.max_batch_size, done=passed)
     return decision
-

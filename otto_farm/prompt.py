@@ -13,7 +13,10 @@ def build(record: RunRecord, key: str, previous_failure: str | None = None) -> s
     """
     ts = record.taskset
     state = record.tasks[key]
-    parts = [ts.task(key).prompt.strip(), f"## Verify\nYour change must make this command pass: `{ts.verify_for(key)}`"]
+    parts = [
+        ts.task(key).prompt.strip(),
+        f"## Verify\nYour change must make this command pass: `{ts.verify_for(key)}`",
+    ]
     if record.learnings:
         parts.append("## Learnings from earlier batches\n" + "\n".join(f"- {x}" for x in record.learnings))
     if state.context:
@@ -22,7 +25,8 @@ def build(record: RunRecord, key: str, previous_failure: str | None = None) -> s
         parts.append("## Retry guidance\n" + state.guidance)
     if previous_failure:
         parts.append(
-            "## Previous attempt failed\n" + previous_failure
+            "## Previous attempt failed\n"
+            + previous_failure
             + "\n\nFix the specific failures above. Do not regress items that were passing."
         )
     return "\n\n".join(parts) + "\n"

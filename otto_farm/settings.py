@@ -29,7 +29,7 @@ class Settings(BaseModel):
     result_backend: str | None = None
     store_url: str | None = None
     work_dir: Path | None = None
-    worker_concurrency: int = 2
+    agent_command: str | None = None  # the agent's command where a task set names none (.txt sets)
 
     @classmethod
     def load(cls) -> Settings:

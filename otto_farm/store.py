@@ -80,7 +80,9 @@ class Store:
         entry.update({k: str(v) for k, v in fields.items() if v is not None})
         self.redis.xadd(keys.events_key(run_id), entry, maxlen=EVENTS_MAXLEN, approximate=True)
 
-    def events(self, run_id: str, after: str = "0", block_ms: int | None = None) -> list[tuple[str, dict[str, str]]]:
+    def events(
+        self, run_id: str, after: str = "0", block_ms: int | None = None
+    ) -> list[tuple[str, dict[str, str]]]:
         """Events after the id `after`; with `block_ms`, wait that long for the first new one."""
         reply = self.redis.xread({keys.events_key(run_id): after}, block=block_ms)
         return [(eid, data) for _, entries in reply for eid, data in entries] if reply else []

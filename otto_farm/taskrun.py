@@ -58,14 +58,26 @@ def run(
     started = time.monotonic()
     job = _Job(record, key, run_no, batch, deadline=started + record.taskset.timeout_s)
     base = record.batches[batch]
-    result = TaskResult(run_id=run_id, task_key=key, run_no=run_no, batch=batch, status=TaskStatus.error,
-                        branch=branch_name(run_id, key), base_sha=base.base_sha, worker=worker)
+    result = TaskResult(
+        run_id=run_id,
+        task_key=key,
+        run_no=run_no,
+        batch=batch,
+        status=TaskStatus.error,
+        branch=branch_name(run_id, key),
+        base_sha=base.base_sha,
+        worker=worker,
+    )
     try:
         _execute(job, work_dir, result, progress or (lambda phase, attempt: None))
     except GitError as exc:
         result.status, result.error_code, result.error = TaskStatus.error, "git_error", str(exc)[-2000:]
     except timeout_errors:
-        result.status, result.error_code, result.error = TaskStatus.timeout, "job_timeout", "job time limit reached"
+        result.status, result.error_code, result.error = (
+            TaskStatus.timeout,
+            "job_timeout",
+            "job time limit reached",
+        )
     except Exception as exc:  # the job boundary: report, never raise, so the chord callback runs
         result.status, result.error_code = TaskStatus.error, "infrastructure"
         result.error = f"{type(exc).__name__}: {exc}"[-2000:]
@@ -90,8 +102,15 @@ def save_result(store: Store, result: TaskResult) -> TaskResult:
 
     store.update(result.run_id, change)
     if kept[0] is result:
-        store.emit(result.run_id, "task_finished", task=result.task_key, batch=result.batch,
-                   status=result.status.value, attempts=len(result.attempts), error=result.error_code)
+        store.emit(
+            result.run_id,
+            "task_finished",
+            task=result.task_key,
+            batch=result.batch,
+            status=result.status.value,
+            attempts=len(result.attempts),
+            error=result.error_code,
+        )
     return kept[0]
 
 
@@ -103,7 +122,10 @@ def _execute(job: _Job, work_dir: Path, result: TaskResult, progress: Progress) 
     progress("fetch", 0)
     cache.fetch([base.base_ref])
     if not cache.has_commit(base.base_sha):
-        result.error_code, result.error = "base_missing", f"base commit {base.base_sha} not on {base.base_ref}"
+        result.error_code, result.error = (
+            "base_missing",
+            f"base commit {base.base_sha} not on {base.base_ref}",
+        )
         return
     env = shell.safe_env({"OTTO_FARM_TASKSET_DIR": record.taskset_dir})
     with cache.slot(base.base_sha) as wt:
@@ -145,12 +167,23 @@ def _attempts(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, prog
             return
         progress("agent", n)
         attempt_start = time.monotonic()
-        outcome = agent.run(AgentRequest(
-            worktree=wt, prompt=prompt.build(job.record, key, failure), config=agent_cfg, env=env,
-            timeout_s=job.remaining_s(), run_id=job.record.run_id, task_key=key, attempt=n,
-        ))
-        attempt = Attempt(number=n, agent_exit_code=outcome.exit_code,
-                          agent_output=shell.tail(outcome.output, ATTEMPT_OUTPUT_CHARS))
+        outcome = agent.run(
+            AgentRequest(
+                worktree=wt,
+                prompt=prompt.build(job.record, key, failure),
+                config=agent_cfg,
+                env=env,
+                timeout_s=job.remaining_s(),
+                run_id=job.record.run_id,
+                task_key=key,
+                attempt=n,
+            )
+        )
+        attempt = Attempt(
+            number=n,
+            agent_exit_code=outcome.exit_code,
+            agent_output=shell.tail(outcome.output, ATTEMPT_OUTPUT_CHARS),
+        )
         job.attempts.append(attempt)
         job.usage = job.usage + outcome.usage
         if not outcome.ok:

@@ -35,14 +35,20 @@ class LoadedTaskSet:
     base_sha: str
 
 
-def load(path: Path, repo: str | None = None) -> LoadedTaskSet:
-    """Read, validate and resolve a task set; `repo` (from the command line) overrides the file's."""
+def load(path: Path, repo: str | None = None, agent_command: str | None = None) -> LoadedTaskSet:
+    """Read, validate and resolve a task set.
+
+    `repo` (from the command line) overrides the file's; `agent_command` (settings) is the agent's
+    command where the set names none, which is how a plain .txt set gets an agent.
+    """
     source = str(path)
     if not path.is_file():
         raise InputError(source, "", "no such file")
     data = _parse(path)
     if repo is not None:
         data["repo"] = repo
+    if agent_command and isinstance(data.get("agent", {}), dict) and not data.get("agent", {}).get("command"):
+        data["agent"] = {**data.get("agent", {}), "command": agent_command}
     try:
         ts = TaskSet.model_validate(data)
     except ValidationError as exc:
@@ -62,7 +68,10 @@ def load(path: Path, repo: str | None = None) -> LoadedTaskSet:
 
 
 def _parse(path: Path) -> dict[str, Any]:
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise InputError(str(path), "", f"not UTF-8 text (byte {exc.start})") from None
     if path.suffix == ".txt":
         prompts = [line.strip() for line in text.splitlines() if line.strip()]
         return {"tasks": [{"key": f"t{i}", "prompt": p} for i, p in enumerate(prompts, 1)]}
@@ -95,9 +104,13 @@ def _check_tasks(ts: TaskSet, source: str) -> None:
         agent = ts.agent_for(task.key)
         if agent.provider not in AGENTS:
             known = ", ".join(sorted(AGENTS))
-            raise InputError(source, f"{field}.provider", f"unknown provider {agent.provider!r} (known: {known})")
+            raise InputError(
+                source, f"{field}.provider", f"unknown provider {agent.provider!r} (known: {known})"
+            )
         if agent.provider == "command" and not agent.command:
-            raise InputError(source, f"{field}.command", "required for provider 'command'")
+            raise InputError(
+                source, f"{field}.command", "required for provider 'command' (or set OTTO_FARM_AGENT_COMMAND)"
+            )
 
 
 def _resolve_base(repo: str, base: str | None, source: str) -> tuple[str, str]:

@@ -24,13 +24,15 @@ def excerpt(output: str, max_chars: int = MAX_CHARS, max_lines: int = MAX_LINES)
     """
     lines = ANSI.sub("", output).replace("\r", "").splitlines()
     keep: set[int] = set()
+    anchored = False
     for i, line in enumerate(lines):
         if FAILURE.search(line):
+            anchored = True
             keep.update(range(max(0, i - BEFORE), min(len(lines), i + AFTER + 1)))
         elif SUMMARY.search(line.strip()):
             keep.add(i)
-    if not keep:
-        keep = set(range(max(0, len(lines) - max_lines), len(lines)))
+    if not anchored:  # an error we do not recognise: it is most likely at the end
+        keep.update(range(max(0, len(lines) - max_lines), len(lines)))
     out: list[str] = []
     skipped = 0
     for i, line in enumerate(lines):

@@ -36,10 +36,20 @@ class CommandAgent:
             )
         output = res.output + (f"\n[stderr]\n{res.stderr}" if res.stderr else "")
         if res.timed_out:
-            return AgentOutcome(ok=False, stop_reason="timeout", exit_code=res.exit_code, output=output,
-                                error=f"agent command timed out after {request.timeout_s:.0f}s")
+            return AgentOutcome(
+                ok=False,
+                stop_reason="timeout",
+                exit_code=res.exit_code,
+                output=output,
+                error=f"agent command timed out after {request.timeout_s:.0f}s",
+            )
         if res.exit_code != 0:
-            return AgentOutcome(ok=False, stop_reason="error", exit_code=res.exit_code, output=output,
-                                error=f"agent command exited {res.exit_code}: {shell.tail(res.stderr.strip(), 2000)}")
+            return AgentOutcome(
+                ok=False,
+                stop_reason="error",
+                exit_code=res.exit_code,
+                output=output,
+                error=f"agent command exited {res.exit_code}: {shell.tail(res.stderr.strip(), 2000)}",
+            )
         last = res.output.strip().splitlines()
         return AgentOutcome(ok=True, final_message=last[-1] if last else "", exit_code=0, output=output)

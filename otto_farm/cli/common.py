@@ -20,17 +20,25 @@ from otto_farm.models import RunRecord, TaskStatus
 from otto_farm.settings import Settings
 from otto_farm.store import Store
 
-console = Console(highlight=False)
+# soft_wrap: a long line stays one line when piped, so scripts can read it.
+console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False)
 
 RunId = Annotated[str, typer.Argument(help="Run id (see `otto-farm runs`).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Local worker processes (embedded default).")]
+Workers = Annotated[
+    int, typer.Option("--workers", "-w", min=1, help="Local worker processes (embedded default).")
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 STATUS_STYLE = {
-    TaskStatus.passed: "green", TaskStatus.failed: "red", TaskStatus.error: "red", TaskStatus.timeout: "red",
-    TaskStatus.merge_conflict: "yellow", TaskStatus.skipped: "dim", TaskStatus.running: "cyan",
+    TaskStatus.passed: "green",
+    TaskStatus.failed: "red",
+    TaskStatus.error: "red",
+    TaskStatus.timeout: "red",
+    TaskStatus.merge_conflict: "yellow",
+    TaskStatus.skipped: "dim",
+    TaskStatus.running: "cyan",
 }
 
 
@@ -68,7 +76,7 @@ def short(sha: str | None) -> str:
 def task_table(record: RunRecord) -> Table:
     table = Table(title=f"run {record.run_id}", title_justify="left")
     for col in ("task", "batch", "status", "attempts", "runs", "branch", "sha", "duration"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("task", "branch", "sha"))
     for key, state in record.tasks.items():
         last = state.last
         style = STATUS_STYLE.get(state.status, "")

@@ -38,7 +38,9 @@ def make_demo_repo(target: Path) -> Path:
 
 @exits_cleanly
 def demo(
-    directory: Annotated[Path | None, typer.Argument(metavar="[DIR]", help="Where to make the demo repo.")] = None,
+    directory: Annotated[
+        Path | None, typer.Argument(metavar="[DIR]", help="Where to make the demo repo.")
+    ] = None,
     workers: Workers = 2,
 ) -> None:
     """Make a small demo repository and run tasks/examples/quickstart.yaml on it."""

@@ -23,9 +23,15 @@ def runs(
         return
     table = Table()
     for col in ("run", "name", "status", "tasks", "integration sha", "created"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "run")
     for r in records:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(r.counts().items()))
-        table.add_row(r.run_id, r.name or "-", r.status.value, counts, short(r.integration_sha),
-                      r.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+        table.add_row(
+            r.run_id,
+            r.name or "-",
+            r.status.value,
+            counts,
+            short(r.integration_sha),
+            r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
     console.print(table)

@@ -9,7 +9,16 @@ import typer
 from rich.live import Live
 from rich.console import Group
 
-from otto_farm.cli.common import JsonOut, RunId, connected, console, exits_cleanly, summary_line, task_table, write_json
+from otto_farm.cli.common import (
+    JsonOut,
+    RunId,
+    connected,
+    console,
+    exits_cleanly,
+    summary_line,
+    task_table,
+    write_json,
+)
 from otto_farm.models import RunStatus
 
 

@@ -28,11 +28,13 @@ def submit(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan only.")] = False,
 ) -> None:
     """Run a task set: batches of coding jobs, merged into an integration branch."""
-    loaded = taskset.load(file, repo)
+    loaded = taskset.load(file, repo, agent_command=Settings.load().agent_command)
     if dry_run:
         ts = loaded.taskset
         plan = batches([t.key for t in ts.tasks], {t.key: t.depends_on for t in ts.tasks}, ts.max_batch_size)
-        console.print(f"{file}: {len(ts.tasks)} tasks in {len(plan)} batches on {loaded.repo} ({loaded.base})")
+        console.print(
+            f"{file}: {len(ts.tasks)} tasks in {len(plan)} batches on {loaded.repo} ({loaded.base})"
+        )
         for i, batch in enumerate(plan, 1):
             console.print(f"  batch {i}: {', '.join(batch)}")
         return
@@ -76,7 +78,10 @@ def render_event(e: dict[str, str]) -> str | None:
         line = f"  merged [{e.get('merged') or 'nothing'}] -> {e['sha'][:10]}"
         return line + (f"; conflicts: {e['conflicts']}" if e.get("conflicts") else "")
     if kind == "decision":
-        parts = [f"retry {e['retry']}" if e.get("retry") else "", f"skip {e['skip']}" if e.get("skip") else ""]
+        parts = [
+            f"retry {e['retry']}" if e.get("retry") else "",
+            f"skip {e['skip']}" if e.get("skip") else "",
+        ]
         return f"  {e['source']}: " + "; ".join(p for p in parts if p) if any(parts) else None
     if kind == "run_finished":
         return f"run {e['status']}" + (f": {e['error']}" if e.get("error") else "")

@@ -11,7 +11,9 @@ from otto_farm.settings import Settings
 def _farm() -> Embedded:
     settings = Settings.load()
     if not settings.embedded:
-        raise InputError("OTTO_FARM_BROKER_URL", "", "a broker is configured; up/down manage the embedded one only")
+        raise InputError(
+            "OTTO_FARM_BROKER_URL", "", "a broker is configured; up/down manage the embedded one only"
+        )
     return Embedded(settings)
 
 

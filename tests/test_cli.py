@@ -1,0 +1,139 @@
+"""The otto-farm command as a user runs it: exit codes, output, the embedded default."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from otto_farm.gitops import git
+
+from conftest import branch_files
+
+
+def otto(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTTO_FARM_")}
+    return subprocess.run(
+        [sys.executable, "-m", "otto_farm", *args],
+        cwd=cwd,
+        env={**clean, "COLUMNS": "200", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def farm_env(settings, worker) -> dict[str, str]:
+    return settings.env()
+
+
+def test_submit_exits_0_when_every_task_passed_and_status_shows_them(
+    make_repo, write_taskset, farm_env, tmp_path
+):
+    repo = make_repo()
+    path = write_taskset(
+        {
+            "repo": str(repo),
+            "verify": "true",
+            "agent": {"command": "touch ok.txt"},
+            "tasks": [{"key": "one", "prompt": "p"}],
+        }
+    )
+    proc = otto("submit", str(path), cwd=tmp_path, env=farm_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_id = proc.stdout.split()[1].rstrip(":")
+    assert "one passed" in proc.stdout
+    status = otto("status", run_id, "--json", cwd=tmp_path, env=farm_env)
+    record = json.loads(status.stdout)
+    assert record["status"] == "passed" and record["tasks"]["one"]["status"] == "passed"
+    assert run_id in otto("runs", cwd=tmp_path, env=farm_env).stdout
+    table = otto("status", run_id, cwd=tmp_path, env=farm_env).stdout
+    assert "one" in table and "passed" in table
+
+
+def test_submit_exits_1_when_a_task_failed_and_logs_show_its_verify_output(
+    make_repo, write_taskset, farm_env, tmp_path
+):
+    repo = make_repo()
+    path = write_taskset(
+        {
+            "repo": str(repo),
+            "max_attempts": 1,
+            "max_task_runs": 1,
+            "verify": "echo 'AssertionError: expected 3, got 4'; exit 1",
+            "agent": {"command": "echo working"},
+            "tasks": [{"key": "bad", "prompt": "p"}],
+        }
+    )
+    proc = otto("submit", str(path), cwd=tmp_path, env=farm_env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    run_id = proc.stdout.split()[1].rstrip(":")
+    logs = otto("logs", run_id, "bad", cwd=tmp_path, env=farm_env)
+    assert logs.returncode == 0
+    assert "expected 3, got 4" in logs.stdout and "working" in logs.stdout
+
+
+def test_unreachable_broker_exits_3_with_one_line(write_taskset, make_repo, tmp_path):
+    path = write_taskset(
+        {"repo": str(make_repo()), "agent": {"command": "true"}, "tasks": [{"key": "a", "prompt": "p"}]}
+    )
+    url = "redis://127.0.0.1:1/0"
+    proc = otto(
+        "submit", str(path), cwd=tmp_path, env={"OTTO_FARM_BROKER_URL": url, "OTTO_FARM_STORE_URL": url}
+    )
+    assert proc.returncode == 3
+    assert len(proc.stderr.strip().splitlines()) == 1 and "unreachable" in proc.stderr
+
+
+def test_demo_runs_the_quickstart_on_the_embedded_redis(tmp_path):
+    repo = tmp_path / "demo-repo"
+    proc = otto("demo", str(repo), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "retry title" in proc.stdout  # the quickstart's failure path
+    branch = git(
+        ["branch", "--list", "otto-farm/*/integration", "--format=%(refname:short)"], cwd=repo
+    ).strip()
+    files = branch_files(repo, branch)
+    quickstart = yaml.safe_load((Path(__file__).parents[1] / "tasks/examples/quickstart.yaml").read_text())
+    assert len(quickstart["tasks"]) >= 6
+    for name in (
+        "textkit/slug.py",
+        "textkit/words.py",
+        "textkit/title.py",
+        "textkit/cli.py",
+        "textkit/headline.py",
+        "docs/usage.md",
+    ):
+        assert name in files
+    assert not (tmp_path / ".otto-farm" / "redis.sock").exists()  # its own farm is stopped again
+
+
+def test_up_submit_no_wait_status_watch_down(make_repo, write_taskset, tmp_path):
+    path = write_taskset(
+        {
+            "repo": str(make_repo()),
+            "verify": "true",
+            "agent": {"command": "touch x"},
+            "tasks": [{"key": "a", "prompt": "p"}],
+        }
+    )
+    assert otto("submit", str(path), "--no-wait", cwd=tmp_path).returncode == 2  # no farm up yet
+    up = otto("up", "--workers", "1", cwd=tmp_path)
+    assert up.returncode == 0, up.stderr
+    try:
+        proc = otto("submit", str(path), "--no-wait", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        run_id = proc.stdout.split()[1].rstrip(":")
+        watch = otto("status", run_id, "--watch", cwd=tmp_path)
+        assert watch.returncode == 0 and "passed" in watch.stdout
+    finally:
+        assert otto("down", cwd=tmp_path).returncode == 0
+    assert not (tmp_path / ".otto-farm" / "redis.sock").exists()

@@ -1,0 +1,117 @@
+"""The real CLI in a subprocess: bad input is one line on stderr, exit 2, and nothing written anywhere."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from otto_farm.gitops import git
+from otto_farm.settings import Settings
+from otto_farm.store import Store
+
+
+@pytest.fixture
+def cli(settings: Settings, tmp_path: Path):
+    """Run `otto-farm ARGS` in tmp_path against the test Redis."""
+    # As through a pipe: no terminal width or colour forced from outside.
+    drop = ("COLUMNS", "FORCE_COLOR")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTTO_FARM_") and k not in drop}
+    env.update(settings.env())
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "otto_farm", *args],
+            check=False,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    return run
+
+
+def snapshot(store: Store, repo: Path) -> tuple[list[str], set[str], str]:
+    """What a run would leave behind: run ids, otto-farm keys in Redis, the repo's refs."""
+    return (
+        store.run_ids(),
+        set(store.redis.scan_iter("otto-farm:*")),
+        git(["for-each-ref", "--format=%(refname) %(objectname)"], cwd=repo),
+    )
+
+
+def base_set(repo: Path) -> dict[str, object]:
+    return {"repo": str(repo), "agent": {"command": "true"}, "verify": "true"}
+
+
+@pytest.mark.parametrize(
+    ("tasks", "extra", "message"),
+    [
+        (
+            [
+                {"key": "a", "prompt": "p", "depends_on": ["b"]},
+                {"key": "b", "prompt": "p", "depends_on": ["a"]},
+            ],
+            {},
+            "tasks.depends_on: dependency cycle: a -> b -> a",
+        ),
+        (
+            [{"key": "a", "prompt": "p"}],
+            {"max_attempt": 3},
+            "max_attempt: unknown field",
+        ),
+    ],
+    ids=["cycle", "unknown-field"],
+)
+def test_bad_task_set_exits_2_with_one_line_and_writes_nothing(
+    cli, store, make_repo, write_taskset, tasks, extra, message
+):
+    repo = make_repo()
+    path = write_taskset({**base_set(repo), **extra, "tasks": tasks})
+    before = snapshot(store, repo)
+    res = cli("submit", str(path))  # a long path: the line must not wrap
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.splitlines() == [f"otto-farm: {path}: {message}"]
+    assert snapshot(store, repo) == before
+
+
+def three_tasks(repo: Path) -> dict[str, object]:
+    tasks = [
+        {"key": "a", "prompt": "p"},
+        {"key": "b", "prompt": "p", "depends_on": ["a"]},
+        {"key": "c", "prompt": "p", "depends_on": ["a"]},
+    ]
+    return {**base_set(repo), "tasks": tasks}
+
+
+def test_dry_run_prints_the_batches_and_writes_nothing(cli, store, make_repo, write_taskset):
+    repo = make_repo()
+    write_taskset(three_tasks(repo))
+    before = snapshot(store, repo)
+    res = cli("submit", "--dry-run", "tasks.yaml")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("tasks.yaml: 3 tasks in 2 batches on ")
+    assert res.stdout.splitlines()[-2:] == ["  batch 1: a", "  batch 2: b, c"]
+    assert res.stderr == ""
+    assert snapshot(store, repo) == before
+
+
+def test_dry_run_header_is_one_line(cli, make_repo, write_taskset):
+    repo = make_repo()
+    write_taskset(three_tasks(repo))
+    res = cli("submit", "--dry-run", "tasks.yaml")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0] == f"tasks.yaml: 3 tasks in 2 batches on {repo.resolve()} (main)"
+
+
+def test_status_of_an_unknown_run_exits_2(cli, store):
+    before = store.run_ids()
+    res = cli("status", "NO-SUCH-RUN")
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.splitlines() == ["otto-farm: run: NO-SUCH-RUN: no such run"]
+    assert store.run_ids() == before

@@ -1,0 +1,193 @@
+"""Dependency layers, cycle finding, and the deterministic replan after a batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from otto_farm.models import RunRecord, TaskResult, TaskSet, TaskState, TaskStatus
+from otto_farm.plan import DependencyCycle, batches, find_cycle, replan
+
+
+def test_batches_are_layers_in_file_order():
+    deps = {"c": [], "a": [], "d": ["b"], "b": ["a"], "e": ["a", "c"]}
+    assert batches(["c", "a", "d", "b", "e"], deps, 8) == [["c", "a"], ["b", "e"], ["d"]]
+
+
+def test_batches_split_by_max_batch_size():
+    order = ["t1", "t2", "t3", "t4", "t5", "t6"]
+    deps = {"t6": ["t1"]}
+    assert batches(order, deps, 2) == [["t1", "t2"], ["t3", "t4"], ["t5"], ["t6"]]
+    assert batches(order, deps, 1) == [[k] for k in order]
+
+
+def test_done_counts_as_met():
+    deps = {"b": ["a"], "c": ["b"]}
+    assert batches(["b", "c"], deps, 8, done=["a"]) == [["b"], ["c"]]
+    assert batches(["c"], deps, 8, done=["a", "b"]) == [["c"]]
+    assert batches([], deps, 8, done=["a"]) == []
+
+
+def test_cycle_raises_dependency_cycle():
+    deps = {"x": [], "a": ["b"], "b": ["c"], "c": ["a"]}
+    with pytest.raises(DependencyCycle) as info:
+        batches(["x", "a", "b", "c"], deps, 8)
+    assert info.value.cycle == ["a", "b", "c", "a"]
+    assert str(info.value) == "dependency cycle: a -> b -> c -> a"
+
+
+def test_find_cycle():
+    assert find_cycle({}) is None
+    assert find_cycle({"a": [], "b": ["a"]}) is None
+    # A diamond reaches d twice without a cycle.
+    assert find_cycle({"a": ["b", "c"], "b": ["d"], "c": ["d"], "d": []}) is None
+    assert find_cycle({"a": ["a"]}) == ["a", "a"]
+    assert find_cycle({"a": ["b"], "b": ["a"]}) == ["a", "b", "a"]
+    # The path into the cycle is not part of it.
+    assert find_cycle({"x": ["a"], "a": ["b"], "b": ["c"], "c": ["b"]}) == ["b", "c", "b"]
+    # Keys outside the mapping are not followed.
+    assert find_cycle({"a": ["zz"], "b": ["a"]}) is None
+
+
+def make_record(tasks: list[dict[str, Any]], states: dict[str, TaskState], **fields: Any) -> RunRecord:
+    """A run record after a batch: states given by hand, every other task pending."""
+    ts = TaskSet.model_validate({"agent": {"command": "true"}, "tasks": tasks, **fields})
+    return RunRecord(
+        run_id="r1",
+        source="/sets/tasks.yaml",
+        taskset_dir="/sets",
+        taskset=ts,
+        repo="/repo",
+        base="main",
+        base_sha="0" * 40,
+        integration_branch="otto-farm/r1/integration",
+        tasks={t.key: states.get(t.key, TaskState(key=t.key)) for t in ts.tasks},
+    )
+
+
+def result(key: str, status: TaskStatus, run_no: int = 1, verify_tail: str = "") -> TaskResult:
+    return TaskResult(
+        run_id="r1", task_key=key, run_no=run_no, batch=0, status=status, verify_tail=verify_tail
+    )
+
+
+def ended(
+    key: str, status: TaskStatus, runs: int = 1, verify_tail: str = "", reason: str | None = None
+) -> TaskState:
+    results = [result(key, status, n, verify_tail if n == runs else "old output") for n in range(1, runs + 1)]
+    return TaskState(key=key, status=status, batch=0, runs=runs, results=results, reason=reason)
+
+
+def test_failed_task_with_runs_left_is_retried_with_its_own_verify_output():
+    tasks = [{"key": "a", "prompt": "p"}, {"key": "b", "prompt": "p"}, {"key": "c", "prompt": "p"}]
+    record = make_record(
+        tasks,
+        {
+            "a": ended("a", TaskStatus.failed, verify_tail="E   assert add(1, 1) == 3"),
+            "b": ended("b", TaskStatus.failed, verify_tail="FAILED test_b.py::test_b - KeyError"),
+            "c": ended("c", TaskStatus.passed),
+        },
+        max_task_runs=2,
+    )
+    decision = replan(record)
+    assert set(decision.retry) == {"a", "b"}
+    assert "assert add(1, 1) == 3" in decision.retry["a"]
+    assert "KeyError" not in decision.retry["a"]
+    assert "KeyError" in decision.retry["b"]
+    assert decision.skip == {}
+    assert decision.batches == [["a", "b"]]
+    assert decision.source == "replan"
+
+
+def test_retry_guidance_uses_the_last_run():
+    record = make_record(
+        [{"key": "a", "prompt": "p"}],
+        {"a": ended("a", TaskStatus.failed, runs=2, verify_tail="FAILED newest")},
+        max_task_runs=3,
+    )
+    guidance = replan(record).retry["a"]
+    assert "FAILED newest" in guidance
+    assert "old output" not in guidance
+
+
+def test_error_without_verify_output_is_retried_with_its_reason():
+    record = make_record(
+        [{"key": "a", "prompt": "p"}],
+        {"a": ended("a", TaskStatus.timeout, reason="agent timed out after 60s")},
+    )
+    guidance = replan(record).retry["a"]
+    assert "timeout" in guidance
+    assert "agent timed out after 60s" in guidance
+
+
+def test_failed_task_without_runs_left_skips_its_dependents_transitively():
+    tasks = [
+        {"key": "a", "prompt": "p"},
+        {"key": "b", "prompt": "p", "depends_on": ["a"]},
+        {"key": "c", "prompt": "p", "depends_on": ["b"]},
+        {"key": "d", "prompt": "p"},
+        {"key": "e", "prompt": "p", "depends_on": ["d", "c"]},
+    ]
+    record = make_record(
+        tasks,
+        {"a": ended("a", TaskStatus.failed, runs=2), "d": ended("d", TaskStatus.passed)},
+        max_task_runs=2,
+    )
+    decision = replan(record)
+    assert decision.retry == {}
+    assert set(decision.skip) == {"b", "c", "e"}
+    assert "dependency a" in decision.skip["b"]
+    assert "dependency b" in decision.skip["c"]
+    assert "dependency c" in decision.skip["e"]
+    assert decision.batches == []
+
+
+def test_skipped_task_skips_its_pending_dependents():
+    tasks = [{"key": "a", "prompt": "p"}, {"key": "b", "prompt": "p", "depends_on": ["a"]}]
+    record = make_record(tasks, {"a": TaskState(key="a", status=TaskStatus.skipped, reason="dependency z")})
+    assert replan(record).skip == {"b": "dependency a did not pass"}
+
+
+def test_merge_conflict_is_retried_with_the_conflicting_files():
+    tasks = [{"key": "a", "prompt": "p"}, {"key": "b", "prompt": "p"}]
+    conflict = ended("a", TaskStatus.merge_conflict, verify_tail="3 passed", reason="conflict in a.py")
+    record = make_record(tasks, {"a": conflict, "b": ended("b", TaskStatus.passed)})
+    decision = replan(record)
+    assert "conflict in a.py" in decision.retry["a"]
+    assert "3 passed" not in decision.retry["a"]  # verify passed; its output is no help here
+    assert decision.batches == [["a"]]
+
+
+def test_batches_hold_remaining_and_retried_minus_skipped_dependencies_first():
+    tasks = [
+        {"key": "p", "prompt": "passed"},
+        {"key": "f", "prompt": "failed, retried"},
+        {"key": "g", "prompt": "failed for good"},
+        {"key": "x", "prompt": "needs f", "depends_on": ["f"]},
+        {"key": "y", "prompt": "needs g", "depends_on": ["g"]},
+        {"key": "z", "prompt": "needs p", "depends_on": ["p"]},
+        {"key": "w", "prompt": "needs x and z", "depends_on": ["x", "z"]},
+        {"key": "v", "prompt": "free"},
+    ]
+    record = make_record(
+        tasks,
+        {
+            "p": ended("p", TaskStatus.passed),
+            "f": ended("f", TaskStatus.error, runs=1),
+            "g": ended("g", TaskStatus.failed, runs=2),
+        },
+        max_task_runs=2,
+        max_batch_size=2,
+    )
+    decision = replan(record)
+    assert set(decision.retry) == {"f"}
+    assert set(decision.skip) == {"y"}
+    assert decision.batches == [["f", "z"], ["v"], ["x"], ["w"]]
+
+
+def test_replan_leaves_nothing_when_all_passed():
+    tasks = [{"key": "a", "prompt": "p"}, {"key": "b", "prompt": "p", "depends_on": ["a"]}]
+    record = make_record(tasks, {k: ended(k, TaskStatus.passed) for k in ("a", "b")})
+    decision = replan(record)
+    assert (decision.retry, decision.skip, decision.batches) == ({}, {}, [])

@@ -1,0 +1,255 @@
+"""Task set files: every bad input is one InputError line naming the file and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from otto_farm.errors import InputError
+from otto_farm.gitops import git
+from otto_farm.taskset import load
+
+
+def one_line_error(path: Path, repo: str | None = None) -> str:
+    """Load `path`, expecting an InputError; return its message after checking it is one line naming the file."""
+    with pytest.raises(InputError) as info:
+        load(path, repo)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: ")
+    return message
+
+
+def with_repo(repo: Path, tasks: list[dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
+    """A task set on `repo` with a working command agent, plus `fields`."""
+    data: dict[str, Any] = {"repo": str(repo), "agent": {"command": "true"}}
+    data.update(fields)
+    data["tasks"] = tasks if tasks is not None else [{"key": "a", "prompt": "do a"}]
+    return data
+
+
+def test_yaml_syntax_error(write_taskset):
+    path = write_taskset("tasks:\n  - key: a\n    prompt: [unclosed\n")
+    message = one_line_error(path)
+    assert "YAML error at line" in message
+
+
+def test_yaml_that_is_not_a_mapping(write_taskset):
+    path = write_taskset("- just\n- a list\n")
+    assert "expected a mapping" in one_line_error(path)
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    assert one_line_error(path) == f"{path}: no such file"
+
+
+def test_file_that_is_not_text(tmp_path):
+    path = tmp_path / "tasks.yaml"
+    path.write_bytes(b"tasks:\n  - key: a\n    prompt: \xff\xfe\n")
+    one_line_error(path)
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"colour": "red"}, "colour"),
+        ({"tasks": [{"key": "a", "prompt": "do a", "colour": "red"}]}, "tasks[0].colour"),
+        ({"agent": {"command": "true", "colour": "red"}}, "agent.colour"),
+        ({"tasks": [{"key": "a", "prompt": "p", "agent": {"colour": "red"}}]}, "tasks[0].agent.colour"),
+    ],
+    ids=["top-level", "task", "agent", "task-agent"],
+)
+def test_unknown_field(make_repo, write_taskset, extra, field):
+    path = write_taskset({**with_repo(make_repo()), **extra})
+    assert one_line_error(path) == f"{path}: {field}: unknown field"
+
+
+def test_wrong_type(make_repo, write_taskset):
+    path = write_taskset(with_repo(make_repo(), max_attempts="two"))
+    message = one_line_error(path)
+    assert message.startswith(f"{path}: max_attempts: ")
+    assert "integer" in message
+
+
+def test_value_out_of_range(make_repo, write_taskset):
+    path = write_taskset(with_repo(make_repo(), timeout_s=7 * 3600))
+    assert one_line_error(path).startswith(f"{path}: timeout_s: ")
+
+
+def test_missing_tasks(make_repo, write_taskset):
+    path = write_taskset({"repo": str(make_repo())})
+    assert one_line_error(path) == f"{path}: tasks: required field missing"
+
+
+def test_duplicate_task_key(make_repo, write_taskset):
+    tasks = [{"key": "a", "prompt": "one"}, {"key": "b", "prompt": "two"}, {"key": "a", "prompt": "three"}]
+    path = write_taskset(with_repo(make_repo(), tasks))
+    assert one_line_error(path) == f"{path}: tasks[2].key: duplicate key 'a'"
+
+
+@pytest.mark.parametrize("key", ["Bad Key", "../x", "-a", ""])
+def test_unsafe_key(make_repo, write_taskset, key):
+    path = write_taskset(with_repo(make_repo(), [{"key": "ok", "prompt": "p"}, {"key": key, "prompt": "p"}]))
+    message = one_line_error(path)
+    assert message.startswith(f"{path}: tasks[1].key: unsafe key")
+    assert repr(key) in message
+
+
+def test_unknown_dependency(make_repo, write_taskset):
+    tasks = [{"key": "a", "prompt": "p"}, {"key": "b", "prompt": "p", "depends_on": ["a", "zz"]}]
+    path = write_taskset(with_repo(make_repo(), tasks))
+    assert one_line_error(path) == f"{path}: tasks[1].depends_on: unknown task 'zz'"
+
+
+def test_dependency_cycle(make_repo, write_taskset):
+    tasks = [
+        {"key": "x", "prompt": "p"},
+        {"key": "a", "prompt": "p", "depends_on": ["x", "b"]},
+        {"key": "b", "prompt": "p", "depends_on": ["a"]},
+    ]
+    path = write_taskset(with_repo(make_repo(), tasks))
+    assert one_line_error(path) == f"{path}: tasks.depends_on: dependency cycle: a -> b -> a"
+
+
+def test_self_dependency_is_a_cycle(make_repo, write_taskset):
+    path = write_taskset(with_repo(make_repo(), [{"key": "a", "prompt": "p", "depends_on": ["a"]}]))
+    assert one_line_error(path).endswith("dependency cycle: a -> a")
+
+
+@pytest.mark.parametrize("prompt", ["", "   \n  "])
+def test_empty_prompt(make_repo, write_taskset, prompt):
+    path = write_taskset(with_repo(make_repo(), [{"key": "a", "prompt": prompt}]))
+    assert one_line_error(path) == f"{path}: tasks[0].prompt: must not be empty"
+
+
+def test_repo_that_is_not_a_git_repository(tmp_path, write_taskset):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    path = write_taskset(with_repo(plain))
+    assert one_line_error(path) == f"{path}: repo: {str(plain)!r} is not a git repository"
+
+
+def test_missing_base_branch(make_repo, write_taskset):
+    repo = make_repo()
+    path = write_taskset(with_repo(repo, base="nope"))
+    assert one_line_error(path) == f"{path}: base: branch 'nope' not found in {str(repo)!r}"
+
+
+def test_detached_repo_without_base(make_repo, write_taskset):
+    repo = make_repo()
+    git(["checkout", "-q", "--detach"], cwd=repo)
+    path = write_taskset(with_repo(repo))
+    message = one_line_error(path)
+    assert message.startswith(f"{path}: base: ")
+    assert "set base" in message
+
+
+def test_unknown_agent_provider(make_repo, write_taskset):
+    path = write_taskset(with_repo(make_repo(), agent={"provider": "gpt-9"}))
+    message = one_line_error(path)
+    assert message.startswith(f"{path}: agent.provider: unknown provider 'gpt-9'")
+    assert "command" in message  # names the known ones
+
+
+def test_unknown_agent_provider_in_task(make_repo, write_taskset):
+    tasks = [{"key": "a", "prompt": "p"}, {"key": "b", "prompt": "p", "agent": {"provider": "gpt-9"}}]
+    path = write_taskset(with_repo(make_repo(), tasks))
+    assert one_line_error(path).startswith(f"{path}: tasks[1].agent.provider: unknown provider 'gpt-9'")
+
+
+def test_command_agent_without_command(make_repo, write_taskset):
+    path = write_taskset(with_repo(make_repo(), agent={"provider": "command"}))
+    assert one_line_error(path) == f"{path}: agent.command: required for provider 'command' (or set OTTO_FARM_AGENT_COMMAND)"
+
+
+def test_tasks_may_each_bring_the_command(make_repo, write_taskset):
+    tasks = [{"key": "a", "prompt": "p", "agent": {"command": "echo a"}}, {"key": "b", "prompt": "p"}]
+    path = write_taskset(with_repo(make_repo(), tasks, agent={"provider": "command"}))
+    # b has no command of its own and the set has none: the set's agent is the field to fix.
+    assert one_line_error(path) == f"{path}: agent.command: required for provider 'command' (or set OTTO_FARM_AGENT_COMMAND)"
+    tasks[1]["agent"] = {"command": "echo b"}
+    path = write_taskset(with_repo(make_repo(name="repo2"), tasks, agent={"provider": "command"}))
+    assert load(path).taskset.agent_for("b").command == "echo b"
+
+
+def test_relative_repo_is_relative_to_the_file(make_repo, tmp_path, monkeypatch, write_taskset):
+    repo = make_repo()
+    (tmp_path / "sets").mkdir()
+    path = write_taskset(with_repo(repo) | {"repo": "../repo"}, name="sets/tasks.yaml")
+    monkeypatch.chdir(repo.parent.parent)  # cwd elsewhere: ../repo from here is not the repo
+    loaded = load(path)
+    assert loaded.repo == str(repo.resolve())
+    assert loaded.taskset.repo == loaded.repo
+    assert loaded.source == path.resolve()
+    assert loaded.base == "main"
+    assert loaded.base_sha == git(["rev-parse", "main"], cwd=repo).strip()
+
+
+def test_repo_argument_is_relative_to_cwd(make_repo, tmp_path, monkeypatch, write_taskset):
+    repo = make_repo()
+    (tmp_path / "sets").mkdir()
+    path = write_taskset(with_repo(Path("elsewhere")), name="sets/tasks.yaml")
+    monkeypatch.chdir(tmp_path)
+    loaded = load(path, repo="repo")  # tmp_path/repo; relative to the file it would be sets/repo
+    assert Path(loaded.repo).is_absolute()
+    assert loaded.repo == str(repo.resolve())
+
+
+def test_base_defaults_to_the_current_branch(make_repo, write_taskset):
+    repo = make_repo()
+    git(["checkout", "-q", "-b", "feature"], cwd=repo)
+    (repo / "f.txt").write_text("f\n")
+    git(["add", "f.txt"], cwd=repo)
+    git(["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "f"], cwd=repo)
+    loaded = load(write_taskset(with_repo(repo)))
+    assert loaded.base == loaded.taskset.base == "feature"
+    assert loaded.base_sha == git(["rev-parse", "feature"], cwd=repo).strip()
+    assert loaded.base_sha != git(["rev-parse", "main"], cwd=repo).strip()
+
+
+def test_explicit_base(make_repo, write_taskset):
+    repo = make_repo()
+    git(["branch", "release"], cwd=repo)
+    git(["checkout", "-q", "--detach"], cwd=repo)
+    loaded = load(write_taskset(with_repo(repo, base="release")))
+    assert loaded.base == "release"
+    assert loaded.base_sha == git(["rev-parse", "release"], cwd=repo).strip()
+
+
+def test_url_repo_is_kept_as_given(make_repo, write_taskset):
+    repo = make_repo()
+    url = f"file://{repo}"
+    loaded = load(write_taskset(with_repo(repo) | {"repo": url}))
+    assert loaded.repo == url
+    assert loaded.base == "main"
+
+
+def test_plain_text_task_list(make_repo, tmp_path):
+    repo = make_repo()
+    path = tmp_path / "tasks.txt"
+    path.write_text("add a readme section\n\n   \n  fix the flaky test  \nbump the version\n")
+    # A .txt set names no agent: without a default command that is one clear line.
+    with pytest.raises(InputError, match="OTTO_FARM_AGENT_COMMAND"):
+        load(path, repo=str(repo))
+    ts = load(path, repo=str(repo), agent_command="my-agent").taskset
+    assert ts.agent.command == "my-agent"
+    assert [t.key for t in ts.tasks] == ["t1", "t2", "t3"]
+    assert [t.prompt for t in ts.tasks] == ["add a readme section", "fix the flaky test", "bump the version"]
+    assert all(t.depends_on == [] for t in ts.tasks)
+
+
+def test_task_agent_overrides_merge_over_the_sets(make_repo, write_taskset):
+    tasks = [
+        {"key": "a", "prompt": "p", "agent": {"model": "m2", "max_turns": 5}},
+        {"key": "b", "prompt": "p"},
+    ]
+    agent = {"provider": "command", "command": "run-it", "model": "m1", "max_turns": 10}
+    ts = load(write_taskset(with_repo(make_repo(), tasks, agent=agent))).taskset
+    a = ts.agent_for("a")
+    # Fields the task left out come from the set, not from AgentConfig's defaults.
+    assert (a.provider, a.command, a.model, a.max_turns) == ("command", "run-it", "m2", 5)
+    assert ts.agent_for("b") == ts.agent
+    assert ts.agent.model == "m1"
