@@ -7,6 +7,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from otto_farm.errors import OttoFarmError
 from otto_farm.settings import VISIBILITY_TIMEOUT_S, Settings
 
 TASKS_QUEUE = "otto.tasks"  # coding jobs
@@ -50,8 +51,11 @@ def configure(settings: Settings) -> Celery:
     return app
 
 
-_settings = Settings.load()
-if not _settings.embedded:
-    configure(_settings)
-elif _settings.socket_path.exists():
-    configure(_settings.with_embedded())
+try:
+    _settings = Settings.load()
+    if not _settings.embedded:
+        configure(_settings)
+    elif _settings.socket_path.exists():
+        configure(_settings.with_embedded())
+except OttoFarmError:
+    pass  # the CLI reports the problem in one line when it loads the settings itself

@@ -7,7 +7,7 @@ import hashlib
 import os
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,10 +135,16 @@ def release(worktree: Path) -> None:
     git(["checkout", "-q", "-f", "--detach"], cwd=worktree, check=False)
 
 
-def commit_all(worktree: Path, message: str) -> bool:
-    """Commit every change in the worktree; False when there was nothing to commit."""
-    git(["add", "-A"], cwd=worktree)
-    if not git(["status", "--porcelain"], cwd=worktree).strip():
+def untracked(worktree: Path) -> list[str]:
+    """Untracked paths, a directory standing for everything below it (so a venv is one entry)."""
+    out = git(["status", "--porcelain", "-z", "--untracked-files=normal"], cwd=worktree)
+    return [entry[3:] for entry in out.split("\0") if entry.startswith("?? ")]
+
+
+def commit_all(worktree: Path, message: str, exclude: Sequence[str] = ()) -> bool:
+    """Commit every change in the worktree except `exclude`; False when there was nothing to commit."""
+    git(["add", "-A", "--", ".", *(f":(exclude,literal){p}" for p in exclude)], cwd=worktree)
+    if succeeds(["diff", "--cached", "--quiet"], cwd=worktree):
         return False
     git(["commit", "-q", "--no-verify", "-m", message], cwd=worktree)
     return True

@@ -34,7 +34,10 @@ class Settings(BaseModel):
     @classmethod
     def load(cls) -> Settings:
         """The config file (`OTTO_FARM_CONFIG`, else ./otto-farm.toml if present), overridden by the env."""
-        path = Path(os.environ.get(f"{ENV_PREFIX}CONFIG", CONFIG_FILE))
+        named = os.environ.get(f"{ENV_PREFIX}CONFIG")
+        path = Path(named or CONFIG_FILE)
+        if named and not path.is_file():
+            raise InputError(f"{ENV_PREFIX}CONFIG", "", f"no such file: {path}")
         values: dict[str, object] = {}
         if path.is_file():
             try:
@@ -74,6 +77,8 @@ class Settings(BaseModel):
     @property
     def resolved_store_url(self) -> str:
         """The run store: its own URL, else the Redis result backend or broker."""
+        if self.store_url and not self.store_url.startswith(("redis://", "rediss://", "unix://")):
+            raise InputError("settings", "store_url", "must be a redis://, rediss:// or unix:// URL")
         for url in (self.store_url, self.result_backend, self.broker_url):
             if url and url.startswith(("redis://", "rediss://", "unix://")):
                 return url

@@ -6,7 +6,7 @@ import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -73,10 +73,10 @@ class Store:
                     continue
 
     def run_ids(self, limit: int = 50) -> list[str]:
-        return list(self.redis.zrevrange(keys.runs_index_key(), 0, limit - 1))
+        return cast(list[str], self.redis.zrevrange(keys.runs_index_key(), 0, limit - 1))
 
     def emit(self, run_id: str, kind: str, **fields: Any) -> None:
-        entry = {"kind": kind, "ts": f"{time.time():.3f}"}
+        entry: dict[Any, Any] = {"kind": kind, "ts": f"{time.time():.3f}"}
         entry.update({k: str(v) for k, v in fields.items() if v is not None})
         self.redis.xadd(keys.events_key(run_id), entry, maxlen=EVENTS_MAXLEN, approximate=True)
 
@@ -84,7 +84,7 @@ class Store:
         self, run_id: str, after: str = "0", block_ms: int | None = None
     ) -> list[tuple[str, dict[str, str]]]:
         """Events after the id `after`; with `block_ms`, wait that long for the first new one."""
-        reply = self.redis.xread({keys.events_key(run_id): after}, block=block_ms)
+        reply = cast(list[Any], self.redis.xread({keys.events_key(run_id): after}, block=block_ms))
         return [(eid, data) for _, entries in reply for eid, data in entries] if reply else []
 
     def lock(self, run_id: str, timeout_s: float) -> Any:

@@ -32,6 +32,7 @@ class _Job:
     batch: int
     deadline: float
     attempts: list[Attempt] = field(default_factory=list)
+    setup_files: list[str] = field(default_factory=list)  # what setup created: never committed
     usage: Usage = field(default_factory=Usage)
 
     def remaining_s(self) -> float:
@@ -115,7 +116,7 @@ def save_result(store: Store, result: TaskResult) -> TaskResult:
 
 
 def _execute(job: _Job, work_dir: Path, result: TaskResult, progress: Progress) -> None:
-    record, key = job.record, job.key
+    record = job.record
     ts = record.taskset
     base = record.batches[job.batch]
     cache = gitops.RepoCache(work_dir, record.repo)
@@ -147,6 +148,7 @@ def _setup(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, progres
     progress("setup", 0)
     res = shell.run(job.record.taskset.setup or "", cwd=wt, timeout_s=job.remaining_s(), env=env)
     if res.exit_code == 0:
+        job.setup_files = gitops.untracked(wt)
         return True
     result.status = TaskStatus.timeout if res.timed_out else TaskStatus.error
     result.error_code = "setup_timeout" if res.timed_out else "setup_failed"
@@ -196,7 +198,7 @@ def _attempts(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, prog
             if timed_out:
                 return
             continue
-        gitops.commit_all(wt, f"otto-farm: {key} (run {job.run_no}, attempt {n})")
+        gitops.commit_all(wt, f"otto-farm: {key} (run {job.run_no}, attempt {n})", exclude=job.setup_files)
         progress("verify", n)
         res = shell.run(verify_cmd, cwd=wt, timeout_s=job.remaining_s(), env=env)
         attempt.verify_exit_code = res.exit_code

@@ -62,7 +62,10 @@ def load(path: Path, repo: str | None = None, agent_command: str | None = None) 
     # A path in the file is relative to the file; one from the command line, to the current directory.
     anchor = Path.cwd() if repo is not None else path.parent
     repo_url = ts.repo if gitops.is_url(ts.repo) else str((anchor / ts.repo).resolve())
-    base, base_sha = _resolve_base(repo_url, ts.base, source)
+    base, base_sha, heads = _resolve_base(repo_url, ts.base, source)
+    if ts.integration_branch and ts.integration_branch in heads:
+        # Merging onto someone's existing branch would rewrite it: the run owns its integration branch.
+        raise InputError(source, "integration_branch", f"branch {ts.integration_branch!r} exists already")
     ts = ts.model_copy(update={"repo": repo_url, "base": base})
     return LoadedTaskSet(taskset=ts, source=path.resolve(), repo=repo_url, base=base, base_sha=base_sha)
 
@@ -113,7 +116,7 @@ def _check_tasks(ts: TaskSet, source: str) -> None:
             )
 
 
-def _resolve_base(repo: str, base: str | None, source: str) -> tuple[str, str]:
+def _resolve_base(repo: str, base: str | None, source: str) -> tuple[str, str, dict[str, str]]:
     try:
         heads = gitops.remote_heads(repo)
         branch = base or gitops.remote_default_branch(repo)
@@ -123,4 +126,4 @@ def _resolve_base(repo: str, base: str | None, source: str) -> tuple[str, str]:
         raise InputError(source, "base", f"repo {repo!r} has no current branch; set base")
     if branch not in heads:
         raise InputError(source, "base", f"branch {branch!r} not found in {repo!r}")
-    return branch, heads[branch]
+    return branch, heads[branch], heads

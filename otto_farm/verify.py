@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+
 from otto_farm import shell
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")

@@ -149,3 +149,22 @@ def test_merge_conflict_is_reported_and_retried_from_the_new_base(make_repo, wri
     # The retry started from the integration head holding first's line, so both lines are there.
     assert git(["show", f"{record.integration_branch}:shared.txt"], cwd=repo) == "base\nfirst\nsecond\n"
     assert second.results[1].base_sha == record.batches[0].merged_sha
+
+
+def test_what_setup_creates_is_not_committed(make_repo, write_taskset, run_taskset):
+    repo = make_repo()
+    record = run_taskset(
+        write_taskset(
+            {
+                "repo": str(repo),
+                "setup": "mkdir -p .venv/lib && touch .venv/lib/site.py deps.lock",
+                "verify": "test -f .venv/lib/site.py",  # setup's files are there for the agent and verify
+                "agent": {"command": "echo feature > feature.txt"},
+                "tasks": [{"key": "feat", "prompt": "add a feature"}],
+            }
+        )
+    )
+    assert record.status is RunStatus.passed
+    files = branch_files(repo, record.integration_branch)
+    assert "feature.txt" in files
+    assert not {".venv/lib/site.py", "deps.lock"} & files

@@ -13,7 +13,7 @@ from otto_farm.taskset import load
 
 
 def one_line_error(path: Path, repo: str | None = None) -> str:
-    """Load `path`, expecting an InputError; return its message after checking it is one line naming the file."""
+    """Load `path`, expecting an InputError; return its message, checked to be one line naming the file."""
     with pytest.raises(InputError) as info:
         load(path, repo)
     message = str(info.value)
@@ -162,14 +162,20 @@ def test_unknown_agent_provider_in_task(make_repo, write_taskset):
 
 def test_command_agent_without_command(make_repo, write_taskset):
     path = write_taskset(with_repo(make_repo(), agent={"provider": "command"}))
-    assert one_line_error(path) == f"{path}: agent.command: required for provider 'command' (or set OTTO_FARM_AGENT_COMMAND)"
+    assert (
+        one_line_error(path)
+        == f"{path}: agent.command: required for provider 'command' (or set OTTO_FARM_AGENT_COMMAND)"
+    )
 
 
 def test_tasks_may_each_bring_the_command(make_repo, write_taskset):
     tasks = [{"key": "a", "prompt": "p", "agent": {"command": "echo a"}}, {"key": "b", "prompt": "p"}]
     path = write_taskset(with_repo(make_repo(), tasks, agent={"provider": "command"}))
     # b has no command of its own and the set has none: the set's agent is the field to fix.
-    assert one_line_error(path) == f"{path}: agent.command: required for provider 'command' (or set OTTO_FARM_AGENT_COMMAND)"
+    assert (
+        one_line_error(path)
+        == f"{path}: agent.command: required for provider 'command' (or set OTTO_FARM_AGENT_COMMAND)"
+    )
     tasks[1]["agent"] = {"command": "echo b"}
     path = write_taskset(with_repo(make_repo(name="repo2"), tasks, agent={"provider": "command"}))
     assert load(path).taskset.agent_for("b").command == "echo b"
@@ -253,3 +259,10 @@ def test_task_agent_overrides_merge_over_the_sets(make_repo, write_taskset):
     assert (a.provider, a.command, a.model, a.max_turns) == ("command", "run-it", "m2", 5)
     assert ts.agent_for("b") == ts.agent
     assert ts.agent.model == "m1"
+
+
+def test_existing_integration_branch_is_refused(make_repo, write_taskset):
+    repo = make_repo()
+    git(["branch", "release"], cwd=repo)
+    path = write_taskset(with_repo(repo) | {"integration_branch": "release"})
+    assert one_line_error(path) == f"{path}: integration_branch: branch 'release' exists already"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from otto_farm.verify import excerpt
 
 MARKER = re.compile(r"^\[\.\.\. \d+ (lines omitted|excerpt lines cut|chars cut) \.\.\.\]$")

@@ -6,8 +6,8 @@ import time
 from typing import Annotated
 
 import typer
-from rich.live import Live
 from rich.console import Group
+from rich.live import Live
 
 from otto_farm.cli.common import (
     JsonOut,

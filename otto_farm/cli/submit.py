@@ -53,9 +53,9 @@ def submit(
 
 def follow(store: Store, run_id: str, workers: object | None = None) -> RunRecord:
     """Print the run's events as they come until it ends."""
-    after = "0"
+    last_id = "0"
     while True:
-        for after, event in store.events(run_id, after, block_ms=1000):
+        for last_id, event in store.events(run_id, last_id, block_ms=1000):  # noqa: B007,B020 - resumes after it
             if line := render_event(event):
                 console.print(line, markup=False)
             if event["kind"] == "run_finished":

@@ -1,0 +1,50 @@
+"""Settings from OTTO_FARM_* variables and the config file."""
+
+from __future__ import annotations
+
+import pytest
+
+from otto_farm.errors import InputError
+from otto_farm.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    for name in ("BROKER_URL", "RESULT_BACKEND", "STORE_URL", "WORK_DIR", "HOME", "CONFIG", "AGENT_COMMAND"):
+        monkeypatch.delenv(f"OTTO_FARM_{name}", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_no_broker_means_the_embedded_default(tmp_path):
+    s = Settings.load()
+    assert s.embedded and s.home == tmp_path / ".otto-farm"
+    e = s.with_embedded()
+    assert e.broker_url == f"redis+socket://{tmp_path}/.otto-farm/redis.sock"
+    assert e.resolved_store_url == f"unix://{tmp_path}/.otto-farm/redis.sock"
+
+
+def test_config_file_then_environment(tmp_path, monkeypatch):
+    (tmp_path / "otto-farm.toml").write_text('broker_url = "redis://a:6379/0"\nwork_dir = "/w"\n')
+    monkeypatch.setenv("OTTO_FARM_BROKER_URL", "redis://b:6379/0")
+    s = Settings.load()
+    assert s.broker_url == "redis://b:6379/0" and str(s.work_dir) == "/w"
+    assert s.resolved_store_url == "redis://b:6379/0"
+
+
+def test_named_config_file_must_exist(monkeypatch):
+    monkeypatch.setenv("OTTO_FARM_CONFIG", "missing.toml")
+    with pytest.raises(InputError, match="OTTO_FARM_CONFIG: no such file"):
+        Settings.load()
+
+
+def test_unknown_key_in_config_file_is_named(tmp_path):
+    (tmp_path / "otto-farm.toml").write_text('brokr_url = "redis://a"\n')
+    with pytest.raises(InputError, match="otto-farm.toml: brokr_url"):
+        Settings.load()
+
+
+def test_store_must_be_redis(monkeypatch):
+    monkeypatch.setenv("OTTO_FARM_BROKER_URL", "amqp://guest@localhost//")
+    monkeypatch.setenv("OTTO_FARM_STORE_URL", "postgres://x")
+    with pytest.raises(InputError, match="store_url"):
+        _ = Settings.load().resolved_store_url
