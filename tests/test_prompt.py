@@ -4,33 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from otto_farm.models import RunRecord, TaskSet, TaskState
+from otto_farm.models import RunRecord, TaskState
 from otto_farm.prompt import build
 
+from conftest import make_record
 
-def make_record(learnings: list[str] | None = None, **state: Any) -> RunRecord:
-    ts = TaskSet.model_validate(
-        {
-            "verify": "pytest -q",
-            "agent": {"command": "true"},
-            "tasks": [
-                {"key": "a", "prompt": "  Add a `slugify` function to textkit.  \n"},
-                {"key": "b", "prompt": "Document slugify.", "verify": "make docs"},
-            ],
-        }
-    )
-    return RunRecord(
-        run_id="r1",
-        source="/sets/tasks.yaml",
-        taskset_dir="/sets",
-        taskset=ts,
-        repo="/repo",
-        base="main",
-        base_sha="0" * 40,
-        integration_branch="otto-farm/r1/integration",
-        tasks={"a": TaskState(key="a", **state), "b": TaskState(key="b")},
-        learnings=learnings or [],
-    )
+
+def a_record(learnings: list[str] | None = None, **state: Any) -> RunRecord:
+    tasks = [
+        {"key": "a", "prompt": "  Add a `slugify` function to textkit.  \n"},
+        {"key": "b", "prompt": "Document slugify.", "verify": "make docs"},
+    ]
+    return make_record(tasks, {"a": TaskState(key="a", **state)}, learnings, verify="pytest -q")
 
 
 def sections(prompt: str) -> dict[str, str]:
@@ -48,7 +33,7 @@ def sections(prompt: str) -> dict[str, str]:
 
 
 def test_everything_in_its_own_section():
-    record = make_record(
+    record = a_record(
         learnings=["the package uses src/ layout", "run ruff before committing"],
         context=["textkit/core.py holds the helpers"],
         guidance="Your previous change did not merge: conflict in textkit/core.py.",
@@ -79,22 +64,22 @@ def test_everything_in_its_own_section():
 
 
 def test_empty_sections_are_omitted():
-    prompt = build(make_record(), "a")
+    prompt = build(a_record(), "a")
     assert list(sections(prompt)) == ["", "Verify"]
     assert prompt.count("##") == 1
 
 
 def test_guidance_without_previous_failure_and_the_reverse():
-    guided = sections(build(make_record(guidance="Try the other module."), "a"))
+    guided = sections(build(a_record(guidance="Try the other module."), "a"))
     assert "Retry guidance" in guided
     assert "Previous attempt failed" not in guided
-    failed = sections(build(make_record(), "a", previous_failure="FAILED test_a"))
+    failed = sections(build(a_record(), "a", previous_failure="FAILED test_a"))
     assert "Retry guidance" not in failed
     assert failed["Previous attempt failed"].startswith("FAILED test_a")
 
 
 def test_task_verify_overrides_the_sets():
-    record = make_record()
+    record = a_record()
     prompt = build(record, "b")
     assert sections(prompt)[""] == "Document slugify."
     assert "`make docs`" in prompt

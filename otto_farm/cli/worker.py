@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from otto_farm.celery_app import QUEUES
+from otto_farm.celery_app import QUEUES, worker_argv
 from otto_farm.cli.common import exits_cleanly
 from otto_farm.embedded import Embedded
 from otto_farm.errors import InputError
@@ -31,20 +31,5 @@ def worker(
                 "OTTO_FARM_BROKER_URL", "", "not set, and no embedded farm is up (`otto-farm up`)"
             )
         settings = farm.settings
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "otto_farm.celery_app",
-        "worker",
-        "-Q",
-        queues,
-        "-c",
-        str(concurrency),
-        "--loglevel",
-        loglevel,
-    ]
-    if hostname:
-        argv += ["-n", hostname]
+    argv = worker_argv(queues.split(","), concurrency, hostname, loglevel)
     os.execve(sys.executable, argv, {**os.environ, **settings.env()})
