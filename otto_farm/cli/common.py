@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import redis
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -74,22 +75,30 @@ def short(sha: str | None) -> str:
 
 
 def task_table(record: RunRecord) -> Table:
-    table = Table(title=f"run {record.run_id}", title_justify="left")
-    for col in ("task", "batch", "status", "attempts", "runs", "branch", "sha", "duration"):
-        table.add_column(col, no_wrap=col in ("task", "branch", "sha"))
+    rows = []
     for key, state in record.tasks.items():
         last = state.last
-        style = STATUS_STYLE.get(state.status, "")
-        table.add_row(
-            key,
-            "-" if state.batch is None else str(state.batch + 1),
-            f"[{style}]{state.status.value}[/]" if style else state.status.value,
-            str(len(last.attempts)) if last else "-",
-            str(state.runs),
-            last.branch if last else "-",
-            short(last.commit_sha if last else None),
-            f"{last.duration_s:.1f}s" if last else "-",
+        rows.append(
+            (
+                key,
+                "-" if state.batch is None else str(state.batch + 1),
+                state.status.value,
+                str(len(last.attempts)) if last else "-",
+                str(state.runs),
+                short(last.commit_sha if last else None),
+                f"{last.duration_s:.1f}s" if last else "-",
+                last.branch if last else "-",
+            )
         )
+    table = Table(title=f"run {record.run_id}", title_justify="left", box=box.SIMPLE_HEAD)
+    headers = ("task", "batch", "status", "attempts", "runs", "sha", "duration", "branch")
+    for i, col in enumerate(headers):
+        # Every column keeps its width but the long branch, last, which narrow terminals cut short.
+        width = max(len(col), *(len(row[i]) for row in rows)) if col != "branch" else 12
+        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=width)
+    for row in rows:
+        style = STATUS_STYLE.get(TaskStatus(row[2]), "")
+        table.add_row(*row[:2], f"[{style}]{row[2]}[/]" if style else row[2], *row[3:])
     return table
 
 

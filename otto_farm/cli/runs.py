@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 
 from otto_farm.cli.common import JsonOut, connected, console, exits_cleanly, short, write_json
@@ -21,7 +22,7 @@ def runs(
     if json_out:
         write_json("[" + ",".join(r.model_dump_json() for r in records) + "]")
         return
-    table = Table()
+    table = Table(box=box.SIMPLE_HEAD)
     for col in ("run", "name", "status", "tasks", "integration sha", "created"):
         table.add_column(col, no_wrap=col == "run")
     for r in records:
@@ -34,4 +35,4 @@ def runs(
             short(r.integration_sha),
             r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
         )
-    console.print(table)
+    console.print(table, soft_wrap=False)

@@ -35,7 +35,7 @@ def status(
             write_json(record.model_dump_json(indent=2))
             return
         if not watch:
-            console.print(task_table(record))
+            console.print(task_table(record), soft_wrap=False)
             console.print(summary_line(record))
             return
         with Live(console=console, auto_refresh=False) as live:

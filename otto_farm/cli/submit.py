@@ -46,7 +46,7 @@ def submit(
         if not wait:
             return
         record = follow(store, record.run_id, proc)
-    console.print(task_table(record))
+    console.print(task_table(record), soft_wrap=False)
     console.print(summary_line(record))
     raise typer.Exit(EXIT_CODES[record.status])
 
