@@ -58,36 +58,42 @@ def batches(
 
 
 def retry_guidance(record: RunRecord, key: str) -> str:
-    """What the replan hands a retried task: its conflicting files, or its own last verify output."""
+    """What the replan hands a retried task; its own verify output reaches it first-hand (prompt.py)."""
     state = record.tasks[key]
-    last = state.last
     if state.status is TaskStatus.merge_conflict:
         return (
             f"Your previous change did not merge into the integration branch: {state.reason}. "
             "The code you build on has moved; redo the change on top of it."
         )
-    if last and last.verify_tail:
-        return "Your previous run failed its verify command. Its output:\n" + last.verify_tail
-    return f"Your previous run ended with {state.status.value}: {state.reason or 'no detail'}"
+    return "Your previous run did not pass. Fix what its output (below) shows, from the current code."
 
 
-def replan(record: RunRecord) -> Decision:
-    """Retry failed tasks with runs left, skip tasks whose dependencies failed for good, re-layer the rest."""
+def default_retries(record: RunRecord) -> dict[str, str]:
+    """Every failed task with runs left, with the replan's guidance."""
+    runs = record.taskset.max_task_runs
+    return {
+        k: retry_guidance(record, k)
+        for k, s in record.tasks.items()
+        if s.status in FAILED_STATUSES and s.runs < runs
+    }
+
+
+def settle(record: RunRecord, decision: Decision) -> Decision:
+    """Complete a decision's retries and skips: skip what depends on work that will never pass, re-layer.
+
+    A task is lost when it failed without a retry, or is skipped; a pending task depending on a lost
+    one is skipped too, and so on down its dependents. What is left becomes the default batches.
+    """
     ts = record.taskset
     deps = {t.key: t.depends_on for t in ts.tasks}
-    decision = Decision(source="replan")
-    lost: set[str] = set()
-    for key, state in record.tasks.items():
-        if state.status in FAILED_STATUSES:
-            if state.runs < ts.max_task_runs:
-                decision.retry[key] = retry_guidance(record, key)
-            else:
-                lost.add(key)
-        elif state.status is TaskStatus.skipped:
-            lost.add(key)
+    lost = set(decision.skip) | {
+        k
+        for k, s in record.tasks.items()
+        if (s.status in FAILED_STATUSES and k not in decision.retry) or s.status is TaskStatus.skipped
+    }
     # Walk in dependency order so a skip cascades to its dependents' dependents.
     for key in (k for layer in batches(list(deps), deps, len(deps)) for k in layer):
-        if record.tasks[key].status is TaskStatus.pending and key not in decision.retry:
+        if record.tasks[key].status is TaskStatus.pending and key not in lost:
             gone = [d for d in deps[key] if d in lost]
             if gone:
                 decision.skip[key] = f"dependency {gone[0]} did not pass"
@@ -95,8 +101,13 @@ def replan(record: RunRecord) -> Decision:
     todo = [
         k
         for k in deps
-        if k not in decision.skip and (record.tasks[k].status is TaskStatus.pending or k in decision.retry)
+        if k not in lost and (record.tasks[k].status is TaskStatus.pending or k in decision.retry)
     ]
     passed = [k for k, s in record.tasks.items() if s.status is TaskStatus.passed]
     decision.batches = batches(todo, deps, ts.max_batch_size, done=passed)
     return decision
+
+
+def replan(record: RunRecord) -> Decision:
+    """Retry failed tasks with runs left, skip tasks whose dependencies failed for good, re-layer the rest."""
+    return settle(record, Decision(source="replan", retry=default_retries(record)))

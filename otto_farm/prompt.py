@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from otto_farm.models import RunRecord
+from otto_farm.models import RunRecord, TaskState, TaskStatus
+
+
+def previous_run_failure(state: TaskState) -> str | None:
+    """How the task's previous run failed, in its own words (verify output), for its next run."""
+    last = state.last
+    if last is None or last.status is TaskStatus.passed:
+        return None
+    head = f"Your previous run ended {last.status.value} ({last.error_code}): {last.error or 'no detail'}"
+    return head + (f"\n{last.verify_tail}" if last.verify_tail else "")
 
 
 def build(record: RunRecord, key: str, previous_failure: str | None = None) -> str:

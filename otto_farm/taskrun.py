@@ -162,7 +162,8 @@ def _attempts(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, prog
     ts, key = job.record.taskset, job.key
     agent_cfg, verify_cmd = ts.agent_for(key), ts.verify_for(key)
     agent = get_agent(agent_cfg)
-    failure: str | None = None
+    # A retried task's first attempt reads its previous run's failure first-hand, as later attempts do.
+    failure = prompt.previous_run_failure(job.record.tasks[key])
     for n in range(1, ts.max_attempts + 1):
         if job.remaining_s() <= 0:
             result.status, result.error_code, result.error = TaskStatus.timeout, "job_timeout", "no time left"

@@ -6,6 +6,7 @@ import pytest
 
 from otto_farm.models import TaskResult, TaskState, TaskStatus
 from otto_farm.plan import DependencyCycle, batches, find_cycle, replan
+from otto_farm.prompt import previous_run_failure
 
 from conftest import make_record
 
@@ -76,33 +77,32 @@ def test_failed_task_with_runs_left_is_retried_with_its_own_verify_output():
     )
     decision = replan(record)
     assert set(decision.retry) == {"a", "b"}
-    assert "assert add(1, 1) == 3" in decision.retry["a"]
-    assert "KeyError" not in decision.retry["a"]
-    assert "KeyError" in decision.retry["b"]
+    # The guidance says to retry; each task's next run reads its own verify output first-hand.
+    assert "did not pass" in decision.retry["a"]
+    own = previous_run_failure(record.tasks["a"])
+    assert "assert add(1, 1) == 3" in own and "KeyError" not in own
+    assert "KeyError" in previous_run_failure(record.tasks["b"])
+    assert previous_run_failure(record.tasks["c"]) is None
     assert decision.skip == {}
     assert decision.batches == [["a", "b"]]
     assert decision.source == "replan"
 
 
-def test_retry_guidance_uses_the_last_run():
-    record = make_record(
-        [{"key": "a", "prompt": "p"}],
-        {"a": ended("a", TaskStatus.failed, runs=2, verify_tail="FAILED newest")},
-        max_task_runs=3,
-    )
-    guidance = replan(record).retry["a"]
-    assert "FAILED newest" in guidance
-    assert "old output" not in guidance
+def test_retried_task_reads_its_last_run():
+    state = ended("a", TaskStatus.failed, runs=2, verify_tail="FAILED newest")
+    own = previous_run_failure(state)
+    assert "FAILED newest" in own
+    assert "old output" not in own
 
 
 def test_error_without_verify_output_is_retried_with_its_reason():
-    record = make_record(
-        [{"key": "a", "prompt": "p"}],
-        {"a": ended("a", TaskStatus.timeout, reason="agent timed out after 60s")},
-    )
-    guidance = replan(record).retry["a"]
-    assert "timeout" in guidance
-    assert "agent timed out after 60s" in guidance
+    state = ended("a", TaskStatus.timeout)
+    state.results[-1].error_code, state.results[-1].error = "agent_timeout", "agent timed out after 60s"
+    record = make_record([{"key": "a", "prompt": "p"}], {"a": state})
+    assert "a" in replan(record).retry
+    own = previous_run_failure(state)
+    assert "timeout (agent_timeout)" in own
+    assert "agent timed out after 60s" in own
 
 
 def test_failed_task_without_runs_left_skips_its_dependents_transitively():

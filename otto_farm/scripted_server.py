@@ -1,0 +1,255 @@
+"""A scripted stand-in for Anthropic's Messages API on 127.0.0.1: no key, no network, same answers every run.
+
+Point the real `anthropic` SDK at it (`base_url=server.url`, or `ANTHROPIC_BASE_URL` for a dry run): each
+`POST /v1/messages` gets the next `ScriptedReply` and is recorded without its secret headers.
+`python -m otto_farm.scripted_server --script replies.json [--port N]` serves a JSON list of replies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+SECRET_HEADERS = frozenset({"x-api-key", "authorization"})
+
+
+@dataclass(frozen=True)
+class ScriptedReply:
+    """One answer: a tool call and/or text (text first), an error `status`, or a verbatim `raw_body`."""
+
+    tool_input: dict[str, Any] | None = None
+    text: str | None = None  #: with a non-200 status: the error message
+    status: int = 200
+    delay_s: float = 0
+    input_tokens: int = 10
+    output_tokens: int = 10
+    stop_reason: str | None = None
+    raw_body: str | None = None
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as received: its path, its JSON body (None when not JSON), its headers minus secrets."""
+
+    path: str
+    body: Any
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    body: str
+    headers: dict[str, str]
+    delay_s: float = 0
+
+
+def _error(status: int, message: str, retry: bool = True, delay_s: float = 0) -> _Response:
+    body = {"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message}}
+    return _Response(status, json.dumps(body), _retry_headers(status, retry), delay_s)
+
+
+def _retry_headers(status: int, retry: bool) -> dict[str, str]:
+    if not retry:
+        return {"x-should-retry": "false"}
+    if status in (408, 409, 429) or status >= 500:
+        # The SDK ignores `retry-after: 0` and backs off 0.5-8 s; a positive retry-after-ms is obeyed.
+        return {"retry-after": "0", "retry-after-ms": "1"}
+    return {}
+
+
+def _render(reply: ScriptedReply, request: dict[str, Any], n: int) -> _Response:
+    if reply.raw_body is not None:
+        return _Response(reply.status, reply.raw_body, _retry_headers(reply.status, True), reply.delay_s)
+    if reply.status != 200:
+        return _error(reply.status, reply.text or f"scripted error {reply.status}", delay_s=reply.delay_s)
+    content: list[dict[str, Any]] = []
+    if reply.text is not None:
+        content.append({"type": "text", "text": reply.text})
+    if reply.tool_input is not None:
+        choice, tools = request.get("tool_choice") or {}, request.get("tools") or []
+        name = choice.get("name") if choice.get("type") == "tool" else tools[0].get("name") if tools else None
+        if name is None:
+            return _error(400, "scripted tool_input, but the request names no tool")
+        content.append({"type": "tool_use", "id": f"toolu_{n}", "name": name, "input": reply.tool_input})
+    message = {
+        "id": f"msg_{n}",
+        "type": "message",
+        "role": "assistant",
+        "model": request.get("model", ""),
+        "content": content,
+        "stop_reason": reply.stop_reason or ("tool_use" if reply.tool_input is not None else "end_turn"),
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": reply.input_tokens,
+            "output_tokens": reply.output_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        },
+    }
+    return _Response(200, json.dumps(message), {}, reply.delay_s)
+
+
+class ScriptedServer:
+    """A real HTTP server answering `POST /v1/messages` from a queue of `ScriptedReply`."""
+
+    def __init__(self, replies: Iterable[ScriptedReply] = ()) -> None:
+        self._lock = threading.Lock()
+        self._replies = deque(replies)
+        self._requests: list[RecordedRequest] = []
+        self._count = 0
+        self._stopping = threading.Event()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ScriptedServer:
+        """A server scripted by a JSON file holding a list of reply objects (`ScriptedReply` fields)."""
+        items = json.loads(Path(path).read_text())
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise ValueError(f"{path}: expected a JSON list of reply objects")
+        return cls(ScriptedReply(**item) for item in items)
+
+    def start(self, port: int = 0) -> str:
+        """Serve on 127.0.0.1 (`port` 0 picks a free one) from a daemon thread; return the base URL."""
+        if self._httpd is not None:
+            raise RuntimeError("scripted server already started")
+        self._stopping.clear()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), partial(_Handler, self))
+        self._thread = threading.Thread(target=partial(self._httpd.serve_forever, 0.05), daemon=True)
+        self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        """Stop serving and close the socket; replies still sleeping out their delay are dropped."""
+        if self._httpd is None or self._thread is None:
+            return
+        self._stopping.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+        self._httpd = self._thread = None
+
+    def __enter__(self) -> Self:
+        if self._httpd is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """The base URL, `http://127.0.0.1:PORT`."""
+        if self._httpd is None:
+            raise RuntimeError("scripted server not started")
+        return f"http://127.0.0.1:{self._httpd.server_port}"
+
+    def script(self, *replies: ScriptedReply) -> None:
+        """Replace the queue of replies."""
+        with self._lock:
+            self._replies = deque(replies)
+
+    def add(self, *replies: ScriptedReply) -> None:
+        """Append replies to the queue."""
+        with self._lock:
+            self._replies.extend(replies)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A copy of every request received so far, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    def clear(self) -> None:
+        """Forget the recorded requests."""
+        with self._lock:
+            self._requests.clear()
+
+    def _answer(self, path: str, body: Any, headers: dict[str, str]) -> _Response:
+        with self._lock:
+            self._requests.append(RecordedRequest(path, body, headers))
+            self._count += 1
+            if urlsplit(path).path != "/v1/messages":
+                return _error(404, f"scripted server has no route POST {path}")
+            if not isinstance(body, dict):
+                return _error(400, "request body is not a JSON object")
+            if not self._replies:
+                # No retry: the test that forgot a reply should see this once, at once.
+                return _error(500, f"scripted server: script exhausted at request {self._count}", retry=False)
+            reply, n = self._replies.popleft(), self._count
+        return _render(reply, body, n)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def __init__(self, owner: ScriptedServer, *args: Any) -> None:
+        self.owner = owner  # before super().__init__, which handles the request
+        super().__init__(*args)
+
+    def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        headers = {k.lower(): v for k, v in self.headers.items() if k.lower() not in SECRET_HEADERS}
+        response = self.owner._answer(self.path, body, headers)
+        if response.delay_s and self.owner._stopping.wait(response.delay_s):
+            return
+        data = response.body.encode()
+        try:
+            self.send_response(response.status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up first (its timeout): nothing to tell it
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: the recorded requests are the log
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve a script file until interrupted; print the base URL for `ANTHROPIC_BASE_URL`."""
+    parser = argparse.ArgumentParser(prog="python -m otto_farm.scripted_server", description=__doc__)
+    parser.add_argument("--script", required=True, type=Path, help="JSON file: a list of reply objects")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    args = parser.parse_args(argv)
+    try:
+        server = ScriptedServer.from_file(args.script)
+    except (OSError, ValueError, TypeError) as exc:
+        parser.error(str(exc))
+    print(server.start(args.port), flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
