@@ -29,7 +29,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_accept_content": ["json"],
         "task_queues": [Queue(q) for q in QUEUES],
         "task_default_queue": CONTROL_QUEUE,
-        "task_routes": {"otto_farm.run_task": {"queue": TASKS_QUEUE}},
+        "task_routes": {
+            "otto_farm.run_task": {"queue": TASKS_QUEUE},
+            "otto_farm.pilot": {"queue": PILOT_QUEUE},
+        },
         # A job is acked when it ends, so a lost worker's job goes back to the queue.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from celery import chord
+from celery import chain, chord
 
-from otto_farm import gitops, taskrun
-from otto_farm.celery_app import CONTROL_QUEUE, TASKS_QUEUE, app
+from otto_farm import gitops, pilot, taskrun
+from otto_farm.celery_app import CONTROL_QUEUE, PILOT_QUEUE, TASKS_QUEUE, app
 from otto_farm.models import (
     BatchRecord,
     BatchStatus,
     Decision,
+    PilotAnswer,
     RunRecord,
     RunStatus,
     TaskResult,
@@ -116,13 +117,14 @@ def _untrack(task_ids: list[str]) -> None:
 def finish_batch(
     store: Store, work_dir: Path, run_id: str, index: int, results: list[dict[str, object]]
 ) -> None:
-    """The chord callback's work: store results, merge passing branches, decide, dispatch or finish.
+    """The chord callback's work: store results, merge passing branches, then decide what comes next.
 
-    Serialised per run by a lease, and a batch already done is left alone, so a redelivered callback
-    never merges twice.
+    With failures and the pilot on, the decision goes to a pilot job chained to `apply_pilot`; else the
+    replan decides here. Serialised per run by a lease, and only a `running` batch is handled, so a
+    redelivered callback never merges twice.
     """
     with store.lock(run_id, CALLBACK_LOCK_S):
-        if store.get(run_id).batches[index].status is BatchStatus.done:
+        if store.get(run_id).batches[index].status is not BatchStatus.running:
             return
         for raw in results:
             taskrun.save_result(store, TaskResult.model_validate(raw))
@@ -153,13 +155,10 @@ def finish_batch(
                 state = record.tasks[key]
                 state.status, state.reason = TaskStatus.merge_conflict, "conflict in " + ", ".join(files)
             batch.merged_sha = record.integration_sha = outcome.sha
-            batch.decision = decide(record)
-            apply(record, batch.decision)
-            batch.status, batch.finished_at = BatchStatus.done, utcnow()
-            if not record.plan:
-                done = all(s.status is TaskStatus.passed for s in record.tasks.values())
-                record.status = RunStatus.passed if done else RunStatus.failed
-                record.finished_at = utcnow()
+            if pilot.needed(record, index):
+                batch.status = BatchStatus.deciding
+            else:
+                _conclude(record, index, replan(record))
 
         record = store.update(run_id, change)
     store.emit(
@@ -170,10 +169,76 @@ def finish_batch(
         merged=",".join(outcome.merged),
         conflicts=",".join(outcome.conflicts),
     )
+    if record.batches[index].status is BatchStatus.deciding:
+        store.emit(run_id, "pilot_started", batch=index)
+        chain(
+            app.signature(
+                "otto_farm.pilot", args=(run_id, index), queue=PILOT_QUEUE, task_id=f"{run_id}.b{index}.pilot"
+            ),
+            app.signature(
+                "otto_farm.apply_pilot",
+                args=(run_id, index),
+                queue=CONTROL_QUEUE,
+                task_id=f"{run_id}.b{index}.apply",
+            ),
+        ).apply_async()
+    else:
+        _advance(store, record, index)
+
+
+def apply_pilot(store: Store, run_id: str, index: int, answer: PilotAnswer) -> None:
+    """Validate the pilot's answer against the run, apply it (or the replan), then dispatch or finish."""
+    with store.lock(run_id, CALLBACK_LOCK_S):
+        if store.get(run_id).batches[index].status is not BatchStatus.deciding:
+            return  # a redelivered answer: the first one was applied
+
+        def change(record: RunRecord) -> None:
+            decision, entry = pilot.to_decision(record, answer)
+            record.batches[index].pilot = entry
+            record.usage = record.usage + answer.usage
+            _conclude(record, index, decision)
+
+        record = store.update(run_id, change)
+    entry = record.batches[index].pilot
+    if entry is not None:
+        store.emit(
+            run_id,
+            "pilot_decided",
+            batch=index,
+            outcome=entry.outcome,
+            reason=entry.reason,
+            cost_usd=entry.usage.cost_usd,
+        )
+    _advance(store, record, index)
+
+
+def _conclude(record: RunRecord, index: int, decision: Decision) -> None:
+    """Apply the batch's decision to the record and close the batch (and the run, if nothing is left)."""
+    batch = record.batches[index]
+    batch.decision = decision
+    for key, guidance in decision.retry.items():
+        state = record.tasks[key]
+        state.status, state.guidance = TaskStatus.pending, guidance
+    for key, reason in decision.skip.items():
+        state = record.tasks[key]
+        state.status, state.reason = TaskStatus.skipped, reason
+    for key, contexts in decision.routed.items():
+        record.tasks[key].context.extend(contexts)
+    record.learnings.extend(decision.learnings)
+    record.plan = decision.batches
+    batch.status, batch.finished_at = BatchStatus.done, utcnow()
+    if not record.plan:
+        done = all(s.status is TaskStatus.passed for s in record.tasks.values())
+        record.status = RunStatus.passed if done else RunStatus.failed
+        record.finished_at = utcnow()
+
+
+def _advance(store: Store, record: RunRecord, index: int) -> None:
+    """After a batch is concluded: report the decision, then dispatch the next batch or end the run."""
     decision = record.batches[index].decision
     if decision is not None:
         store.emit(
-            run_id,
+            record.run_id,
             "decision",
             batch=index,
             source=decision.source,
@@ -182,24 +247,9 @@ def finish_batch(
             batches=len(decision.batches),
         )
     if record.status is RunStatus.running:
-        dispatch_next(store, run_id)
+        dispatch_next(store, record.run_id)
     else:
-        store.emit(run_id, "run_finished", status=record.status.value, sha=record.integration_sha)
-
-
-def decide(record: RunRecord) -> Decision:
-    """The decision point after a batch; the pilot plugs in here. For now, the deterministic replan."""
-    return replan(record)
-
-
-def apply(record: RunRecord, decision: Decision) -> None:
-    for key, guidance in decision.retry.items():
-        state = record.tasks[key]
-        state.status, state.guidance = TaskStatus.pending, guidance
-    for key, reason in decision.skip.items():
-        state = record.tasks[key]
-        state.status, state.reason = TaskStatus.skipped, reason
-    record.plan = decision.batches
+        store.emit(record.run_id, "run_finished", status=record.status.value, sha=record.integration_sha)
 
 
 def fail(store: Store, run_id: str, error: str) -> None:

@@ -7,9 +7,9 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from otto_farm import coordinator, taskrun
+from otto_farm import coordinator, pilot, taskrun
 from otto_farm.celery_app import app
-from otto_farm.models import TaskResult, TaskStatus
+from otto_farm.models import PilotAnswer, TaskResult, TaskStatus
 from otto_farm.settings import Settings
 from otto_farm.store import Store
 
@@ -67,3 +67,16 @@ def run_task(self: Any, run_id: str, task_key: str, run_no: int, batch: int) -> 
 def batch_done(results: list[dict[str, Any]], run_id: str, batch: int) -> None:
     """The chord callback of one batch."""
     coordinator.finish_batch(_store(), _settings().resolved_work_dir, run_id, batch, results)
+
+
+@app.task(name="otto_farm.pilot")
+def pilot_job(run_id: str, batch: int) -> dict[str, Any]:
+    """Ask the pilot what comes after this batch; a failed call is an answer with its error."""
+    answer = pilot.ask(_store().get(run_id), batch, pilot.AnthropicClient())
+    return answer.model_dump(mode="json")
+
+
+@app.task(name="otto_farm.apply_pilot")
+def apply_pilot(answer: dict[str, Any], run_id: str, batch: int) -> None:
+    """Apply the pilot's answer (or the replan, if it is unusable) and move the run on."""
+    coordinator.apply_pilot(_store(), run_id, batch, PilotAnswer.model_validate(answer))

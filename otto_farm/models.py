@@ -168,11 +168,33 @@ class Decision(BaseModel):
     source: Literal["replan", "pilot"] = "replan"
     retry: dict[str, str] = {}
     skip: dict[str, str] = {}
+    routed: dict[str, list[str]] = {}  # task → context for its prompt alone
+    learnings: list[str] = []  # for every later task's prompt
     batches: list[list[str]] = []
+
+
+class PilotAnswer(BaseModel):
+    """What the pilot job returns: the model's raw answer or why there is none."""
+
+    batch: int
+    model: str
+    raw: str = ""
+    error: str | None = None
+    usage: Usage = Usage()
+    duration_s: float = 0.0
+
+
+class PilotRecord(PilotAnswer):
+    """A pilot decision as kept in the run record: the answer, its validation outcome, what was applied."""
+
+    outcome: Literal["applied", "default_batches", "fallback_replan"] = "fallback_replan"
+    reason: str | None = None
+    applied: Decision | None = None
 
 
 class BatchStatus(StrEnum):
     running = "running"  #: its chord is out
+    deciding = "deciding"  #: results merged, the pilot is deciding what comes next
     done = "done"  #: results stored, passing branches merged, next step decided
 
 
@@ -184,6 +206,7 @@ class BatchRecord(BaseModel):
     status: BatchStatus = BatchStatus.running
     merged_sha: str | None = None
     decision: Decision | None = None
+    pilot: PilotRecord | None = None
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
 

@@ -60,29 +60,28 @@ class RecordedRequest:
 class _Response:
     status: int
     body: str
-    headers: dict[str, str]
     delay_s: float = 0
+    retry: bool = True  #: False sends `x-should-retry: false`
+
+    def headers(self) -> dict[str, str]:
+        if not self.retry:
+            return {"x-should-retry": "false"}
+        if self.status in (408, 409, 429) or self.status >= 500:
+            # The SDK ignores `retry-after: 0` and backs off 0.5-8 s; a positive retry-after-ms is obeyed.
+            return {"retry-after": "0", "retry-after-ms": "1"}
+        return {}
 
 
-def _error(status: int, message: str, retry: bool = True, delay_s: float = 0) -> _Response:
+def _error(status: int, message: str, delay_s: float = 0, retry: bool = True) -> _Response:
     body = {"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message}}
-    return _Response(status, json.dumps(body), _retry_headers(status, retry), delay_s)
-
-
-def _retry_headers(status: int, retry: bool) -> dict[str, str]:
-    if not retry:
-        return {"x-should-retry": "false"}
-    if status in (408, 409, 429) or status >= 500:
-        # The SDK ignores `retry-after: 0` and backs off 0.5-8 s; a positive retry-after-ms is obeyed.
-        return {"retry-after": "0", "retry-after-ms": "1"}
-    return {}
+    return _Response(status, json.dumps(body), delay_s, retry)
 
 
 def _render(reply: ScriptedReply, request: dict[str, Any], n: int) -> _Response:
     if reply.raw_body is not None:
-        return _Response(reply.status, reply.raw_body, _retry_headers(reply.status, True), reply.delay_s)
+        return _Response(reply.status, reply.raw_body, reply.delay_s)
     if reply.status != 200:
-        return _error(reply.status, reply.text or f"scripted error {reply.status}", delay_s=reply.delay_s)
+        return _error(reply.status, reply.text or f"scripted error {reply.status}", reply.delay_s)
     content: list[dict[str, Any]] = []
     if reply.text is not None:
         content.append({"type": "text", "text": reply.text})
@@ -107,7 +106,7 @@ def _render(reply: ScriptedReply, request: dict[str, Any], n: int) -> _Response:
             "cache_read_input_tokens": 0,
         },
     }
-    return _Response(200, json.dumps(message), {}, reply.delay_s)
+    return _Response(200, json.dumps(message), reply.delay_s)
 
 
 class ScriptedServer:
@@ -202,6 +201,8 @@ class ScriptedServer:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"  # one request per connection, so stop() never waits on an idle keep-alive
+
     def __init__(self, owner: ScriptedServer, *args: Any) -> None:
         self.owner = owner  # before super().__init__, which handles the request
         super().__init__(*args)
@@ -221,7 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(response.status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(data)))
-            for name, value in response.headers.items():
+            for name, value in response.headers().items():
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
