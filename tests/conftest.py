@@ -23,10 +23,12 @@ from otto_farm.celery_app import QUEUES, worker_argv
 from otto_farm.embedded import Embedded
 from otto_farm.gitops import git
 from otto_farm.models import RunRecord, RunStatus, TaskSet, TaskState
+from otto_farm.scripted_server import ScriptedServer
 from otto_farm.settings import Settings
 from otto_farm.store import Store
 
 RUN_TIMEOUT_S = 90
+LLM_ENV: dict[str, str] = {}  # filled by the `llm` fixture: workers reach only the scripted server
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +78,7 @@ def start_worker(
     """A real `celery worker` process on its own work dir, returned once it answers a ping."""
     work_dir = settings.home / f"work-{name}"
     log = settings.home / f"{name}.log"
-    env = {**os.environ, **settings.model_copy(update={"work_dir": work_dir}).env()}
+    env = {**os.environ, **settings.model_copy(update={"work_dir": work_dir}).env(), **LLM_ENV}
     with open(log, "ab") as stderr:
         proc = subprocess.Popen(
             worker_argv(queues, concurrency, f"{name}@%h", logfile=log),
@@ -95,7 +97,25 @@ def start_worker(
 
 
 @pytest.fixture(scope="session")
-def worker(settings: Settings) -> Iterator[Worker]:
+def llm() -> Iterator[ScriptedServer]:
+    """The scripted Messages-API server every worker's anthropic SDK talks to: no test reaches a real LLM."""
+    with ScriptedServer() as server:
+        LLM_ENV.update(ANTHROPIC_BASE_URL=server.url, ANTHROPIC_API_KEY="scripted-test-key")
+        yield server
+
+
+@pytest.fixture
+def pilot_server(llm: ScriptedServer) -> Iterator[ScriptedServer]:
+    """The scripted server, emptied of replies and recorded requests before and after the test."""
+    llm.script()
+    llm.clear()
+    yield llm
+    llm.script()
+    llm.clear()
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings, llm: ScriptedServer) -> Iterator[Worker]:
     w = start_worker(settings, "main")
     yield w
     w.stop()

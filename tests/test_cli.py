@@ -13,17 +13,17 @@ import yaml
 
 from otto_farm.gitops import git
 
-from conftest import branch_files
+from conftest import LLM_ENV, branch_files
 
 
 def otto(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTTO_FARM_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTTO_FARM_", "ANTHROPIC_"))}
     return subprocess.run(
         [sys.executable, "-m", "otto_farm", *args],
         cwd=cwd,
-        env={**clean, "COLUMNS": "200", **(env or {})},
+        env={**clean, **LLM_ENV, "COLUMNS": "200", **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -93,7 +93,7 @@ def test_unreachable_broker_exits_3_with_one_line(write_taskset, make_repo, tmp_
     assert len(proc.stderr.strip().splitlines()) == 1 and "unreachable" in proc.stderr
 
 
-def test_demo_runs_the_quickstart_on_the_embedded_redis(tmp_path):
+def test_demo_runs_the_quickstart_on_the_embedded_redis(tmp_path, llm):
     repo = tmp_path / "demo-repo"
     proc = otto("demo", str(repo), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -116,7 +116,7 @@ def test_demo_runs_the_quickstart_on_the_embedded_redis(tmp_path):
     assert not (tmp_path / ".otto-farm" / "redis.sock").exists()  # its own farm is stopped again
 
 
-def test_up_submit_no_wait_status_watch_down(make_repo, write_taskset, tmp_path):
+def test_up_submit_no_wait_status_watch_down(make_repo, write_taskset, tmp_path, llm):
     path = write_taskset(
         {
             "repo": str(make_repo()),

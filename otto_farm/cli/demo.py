@@ -46,4 +46,11 @@ def demo(
     """Make a small demo repository and run tasks/examples/quickstart.yaml on it."""
     repo = make_demo_repo(directory or Path(tempfile.mkdtemp(prefix="otto-farm-demo-")))
     console.print(f"demo repository: {repo}")
-    submit(examples_dir() / "quickstart.yaml", repo=str(repo), wait=True, workers=workers, dry_run=False)
+    submit(
+        examples_dir() / "quickstart.yaml",
+        repo=str(repo),
+        wait=True,
+        workers=workers,
+        dry_run=False,
+        no_pilot=False,
+    )

@@ -19,7 +19,7 @@ from otto_farm.cli.common import (
     task_table,
     write_json,
 )
-from otto_farm.models import RunStatus
+from otto_farm.models import RunRecord, RunStatus
 
 
 @exits_cleanly
@@ -27,12 +27,16 @@ def status(
     run_id: RunId,
     json_out: JsonOut = False,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh until the run ends.")] = False,
+    pilot: Annotated[bool, typer.Option("--pilot", help="Show the pilot's decisions.")] = False,
 ) -> None:
     """Every task of a run: batch, status, attempts, runs, branch, sha, duration."""
     with connected() as (store, _):
         record = store.get(run_id)
         if json_out:
             write_json(record.model_dump_json(indent=2))
+            return
+        if pilot:
+            print_pilot(record)
             return
         if not watch:
             console.print(task_table(record), soft_wrap=False)
@@ -45,3 +49,29 @@ def status(
                     return
                 time.sleep(1)
                 record = store.get(run_id)
+
+
+def print_pilot(record: RunRecord) -> None:
+    """Each pilot decision: its outcome and why, cost, and what it changed."""
+    entries = [b.pilot for b in record.batches if b.pilot is not None]
+    if not entries:
+        console.print(f"run {record.run_id}: no pilot decision (none needed, or the pilot is off)")
+    for e in entries:
+        console.print(
+            f"after batch {e.batch + 1}: {e.outcome}"
+            + (f" ({e.reason})" if e.reason else "")
+            + f"; {e.model}, {e.duration_s:.1f}s, ${e.usage.cost_usd:.4f}",
+            markup=False,
+        )
+        d = e.applied
+        if d is None:
+            continue
+        for key, guidance in d.retry.items():
+            console.print(f"  retry {key}: {guidance.splitlines()[0] if guidance else ''}", markup=False)
+        for key, reason in d.skip.items():
+            console.print(f"  skip {key}: {reason}", markup=False)
+        for key, contexts in d.routed.items():
+            console.print(f"  context for {key}: {' | '.join(contexts)}", markup=False)
+        for text in d.learnings:
+            console.print(f"  learning: {text}", markup=False)
+        console.print(f"  batches: {' / '.join(', '.join(b) for b in d.batches) or 'none'}", markup=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -26,9 +27,16 @@ def submit(
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the run to its end.")] = True,
     workers: Workers = 2,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan only.")] = False,
+    no_pilot: Annotated[
+        bool, typer.Option("--no-pilot", help="Decide after failures by replan alone.")
+    ] = False,
 ) -> None:
     """Run a task set: batches of coding jobs, merged into an integration branch."""
     loaded = taskset.load(file, repo, agent_command=Settings.load().agent_command)
+    if no_pilot:
+        ts = loaded.taskset
+        off = ts.model_copy(update={"pilot": ts.pilot.model_copy(update={"enabled": False})})
+        loaded = dataclasses.replace(loaded, taskset=off)
     if dry_run:
         ts = loaded.taskset
         plan = batches([t.key for t in ts.tasks], {t.key: t.depends_on for t in ts.tasks}, ts.max_batch_size)
@@ -83,6 +91,11 @@ def render_event(e: dict[str, str]) -> str | None:
             f"skip {e['skip']}" if e.get("skip") else "",
         ]
         return f"  {e['source']}: " + "; ".join(p for p in parts if p) if any(parts) else None
+    if kind == "pilot_started":
+        return f"  pilot: deciding after batch {int(e['batch']) + 1}"
+    if kind == "pilot_decided":
+        why = f" ({e['reason']})" if e.get("reason") else ""
+        return f"  pilot: {e['outcome']}{why}, ${float(e.get('cost_usd', 0)):.4f}"
     if kind == "run_finished":
         return f"run {e['status']}" + (f": {e['error']}" if e.get("error") else "")
     return None

@@ -1,0 +1,187 @@
+"""The pilot's validation rules, context and fallbacks, on run records built by hand (no Celery)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from otto_farm.models import BatchRecord, PilotAnswer, TaskResult, TaskState, TaskStatus
+from otto_farm.pilot import PilotDecision, context, needed, to_decision
+
+from conftest import make_record
+
+TASKS = [
+    {"key": "a", "prompt": "build a"},
+    {"key": "b", "prompt": "build b"},
+    {"key": "c", "prompt": "build c on a", "depends_on": ["a"]},
+    {"key": "d", "prompt": "build d on a", "depends_on": ["a"]},
+]
+
+
+def after_batch(b_runs: int = 1, **fields: Any):
+    """Batch 0 ran a (passed) and b (failed); c and d wait."""
+
+    def done(key: str, status: TaskStatus, runs: int = 1, tail: str = "") -> TaskState:
+        result = TaskResult(
+            run_id="r1",
+            task_key=key,
+            run_no=runs,
+            batch=0,
+            status=status,
+            verify_tail=tail,
+            error_code=None if status is TaskStatus.passed else "verify_failed",
+        )
+        return TaskState(key=key, status=status, batch=0, runs=runs, results=[result])
+
+    record = make_record(
+        TASKS,
+        {"a": done("a", TaskStatus.passed), "b": done("b", TaskStatus.failed, b_runs, "E  assert 2 == 3")},
+        max_task_runs=2,
+        **fields,
+    )
+    record.batches.append(BatchRecord(index=0, tasks=["a", "b"], base_ref="main", base_sha="0" * 40))
+    return record
+
+
+def answer(**decision: Any) -> PilotAnswer:
+    return PilotAnswer(batch=0, model="m", raw=json.dumps(decision))
+
+
+GOOD = {
+    "failure_analysis": {"b": {"category": "code_bug", "explanation": "off by one"}},
+    "retry_strategies": {"b": {"action": "retry_different", "guidance": "count from zero", "reason": "bug"}},
+    "routed_context": [{"target_task": "c", "context": "a exposes make_a()"}],
+    "new_learnings": ["tests use pytest"],
+    "batches": [["b", "d"], ["c"]],
+}
+
+
+def test_valid_decision_is_applied_whole():
+    decision, entry = to_decision(after_batch(), answer(**GOOD))
+    assert entry.outcome == "applied" and entry.reason is None
+    assert decision.source == "pilot"
+    assert decision.retry == {"b": "count from zero"}
+    assert decision.routed == {"c": ["a exposes make_a()"]}
+    assert decision.learnings == ["tests use pytest"]
+    assert decision.batches == [["b", "d"], ["c"]]
+    assert entry.applied == decision
+
+
+def test_unknown_key_falls_back_to_the_replan():
+    decision, entry = to_decision(after_batch(), answer(**{**GOOD, "skip_tasks": ["zz"]}))
+    assert entry.outcome == "fallback_replan" and "zz" in entry.reason
+    assert decision.source == "replan" and decision.routed == {}
+
+
+def test_retry_of_a_task_that_did_not_fail_falls_back():
+    strategies = {**GOOD["retry_strategies"], "a": {"action": "retry", "reason": "again"}}
+    _, entry = to_decision(after_batch(), answer(**{**GOOD, "retry_strategies": strategies}))
+    assert entry.outcome == "fallback_replan" and "a did not fail" in entry.reason
+
+
+def test_retry_of_a_task_without_runs_left_falls_back():
+    decision, entry = to_decision(after_batch(b_runs=2), answer(**GOOD))
+    assert entry.outcome == "fallback_replan" and "b has no runs left" in entry.reason
+    assert "b" not in decision.retry
+
+
+def test_context_routed_to_a_task_that_will_not_run_falls_back():
+    routed = [{"target_task": "a", "context": "to a passed task"}]
+    _, entry = to_decision(after_batch(), answer(**{**GOOD, "routed_context": routed}))
+    assert entry.outcome == "fallback_replan" and "a is not an upcoming task" in entry.reason
+
+
+def test_invalid_batches_alone_keep_the_default_batches_and_apply_the_rest():
+    for bad, why in [
+        ([["b", "d"]], "exactly"),  # c missing
+        ([["b", "d", "c"], ["c"]], "more than once"),
+    ]:
+        decision, entry = to_decision(after_batch(), answer(**{**GOOD, "batches": bad}))
+        assert entry.outcome == "default_batches" and why in entry.reason
+        assert decision.batches == [["b", "c", "d"]]
+        assert decision.retry == {"b": "count from zero"} and decision.routed == {"c": ["a exposes make_a()"]}
+
+
+def test_batches_must_respect_dependencies_still_to_run():
+    tasks = [{"key": "b", "prompt": "p"}, {"key": "e", "prompt": "needs b", "depends_on": ["b"]}]
+    record = make_record(
+        tasks,
+        {
+            "b": TaskState(
+                key="b",
+                status=TaskStatus.failed,
+                runs=1,
+                results=[TaskResult(run_id="r1", task_key="b", run_no=1, batch=0, status=TaskStatus.failed)],
+            )
+        },
+    )
+    record.batches.append(BatchRecord(index=0, tasks=["b"], base_ref="main", base_sha="0" * 40))
+    _, entry = to_decision(
+        record, answer(retry_strategies={"b": {"action": "retry", "reason": "r"}}, batches=[["e", "b"]])
+    )
+    assert entry.outcome == "default_batches" and "e comes before its dependency b" in entry.reason
+
+
+def test_skip_ends_the_task_and_its_dependents():
+    decision, entry = to_decision(
+        after_batch(),
+        answer(
+            skip_tasks=["d"],
+            retry_strategies={"b": {"action": "skip", "reason": "cannot work"}},
+            batches=[["c"]],
+        ),
+    )
+    assert entry.outcome == "applied"
+    assert set(decision.skip) == {"b", "d"} and "cannot work" in decision.skip["b"]
+    assert decision.batches == [["c"]]
+
+
+def test_unparsable_or_schema_invalid_answers_fall_back():
+    for raw in [
+        "not json",
+        '{"batches": [["b"]',
+        '{"batches": "b"}',
+        json.dumps({"retry_strategies": {"b": {"action": "retry_different", "reason": "no guidance given"}}}),
+    ]:
+        decision, entry = to_decision(after_batch(), PilotAnswer(batch=0, model="m", raw=raw))
+        assert entry.outcome == "fallback_replan", raw
+        assert decision.retry.keys() == {"b"} and decision.source == "replan"
+
+
+def test_api_error_falls_back_with_its_reason():
+    _, entry = to_decision(after_batch(), PilotAnswer(batch=0, model="m", error="APITimeoutError: timed out"))
+    assert entry.outcome == "fallback_replan" and "timed out" in entry.reason
+
+
+def test_needed_only_after_a_failure_with_work_left_and_the_pilot_on():
+    assert needed(after_batch(), 0)
+    assert not needed(after_batch(pilot={"enabled": False}), 0)
+    clean = after_batch()
+    clean.tasks["b"].status = TaskStatus.passed
+    assert not needed(clean, 0)
+    last = after_batch(b_runs=2)
+    for key in ("c", "d"):
+        last.tasks[key].status = TaskStatus.skipped
+    assert not needed(last, 0)  # b has no runs left and nothing waits
+
+
+def test_context_is_bounded_keeps_errors_and_key_lists():
+    record = after_batch(pilot={"max_context_chars": 2000})
+    record.tasks["b"].results[0].verify_tail = "noise\n" * 2000 + "E  the real error"
+    text = context(record, 0)
+    assert len(text) <= 2000
+    assert "E  the real error" in text
+    assert "failed, with runs left (retry, retry_different or skip): b" in text
+    assert "still to run (routed_context targets, skip_tasks): c, d" in text
+
+
+def test_decision_schema_is_the_tool_schema():
+    schema = PilotDecision.model_json_schema()
+    assert {
+        "failure_analysis",
+        "retry_strategies",
+        "routed_context",
+        "skip_tasks",
+        "new_learnings",
+        "batches",
+    } <= set(schema["properties"])

@@ -1,0 +1,130 @@
+"""The pilot in real runs: workers call the scripted Messages-API server through the anthropic SDK."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from otto_farm.models import RunStatus, TaskStatus
+from otto_farm.scripted_server import ScriptedReply
+
+GOOD_ANSWER = {
+    "failure_analysis": {"b": {"category": "spec_ambiguity", "explanation": "b needs the marker"}},
+    "retry_strategies": {"b": {"action": "retry_different", "guidance": "write USE-GOOD", "reason": "spec"}},
+    "routed_context": [{"target_task": "c", "context": "ROUTED-FOR-C"}],
+    "skip_tasks": [],
+    "new_learnings": ["LEARNED-ONE"],
+    "batches": [["b", "c", "d"]],
+}
+
+
+def mixed_set(repo: Path, logs: Path, **fields) -> dict:
+    """a passes; b fails until guidance says USE-GOOD; c and d wait for a. Every prompt is logged."""
+    log = f'cat "$OTTO_FARM_PROMPT_FILE" >> {logs}/$OTTO_FARM_TASK_KEY.log; '
+    return {
+        "repo": str(repo),
+        "max_attempts": 1,
+        "verify": "true",
+        "agent": {"command": log + "echo $OTTO_FARM_TASK_KEY > $OTTO_FARM_TASK_KEY.txt"},
+        "tasks": [
+            {"key": "a", "prompt": "build a"},
+            {
+                "key": "b",
+                "prompt": "build b",
+                "verify": "grep -q good b.txt || (echo 'b.txt: expected good'; exit 1)",
+                "agent": {
+                    "command": log + "if grep -q USE-GOOD $OTTO_FARM_PROMPT_FILE; then echo good > b.txt; "
+                    "else echo bad > b.txt; fi"
+                },
+            },
+            {"key": "c", "prompt": "build c", "depends_on": ["a"]},
+            {"key": "d", "prompt": "build d", "depends_on": ["a"]},
+        ],
+        **fields,
+    }
+
+
+def test_pilot_decision_reaches_the_right_prompts(
+    make_repo, write_taskset, run_taskset, pilot_server, tmp_path, settings
+):
+    logs = tmp_path / "prompts"
+    logs.mkdir()
+    pilot_server.script(ScriptedReply(tool_input=GOOD_ANSWER, input_tokens=1000, output_tokens=200))
+    record = run_taskset(write_taskset(mixed_set(make_repo(), logs)))
+    assert record.status is RunStatus.passed
+    assert len(pilot_server.requests) == 1  # one mixed batch; the clean second batch asks nothing
+    request = pilot_server.requests[0].body
+    assert request["tool_choice"] == {"type": "tool", "name": "decide_next_batches"}
+    assert "b.txt: expected good" in request["messages"][0]["content"]  # its verify output reached the pilot
+    entry = record.batches[0].pilot
+    assert entry.outcome == "applied" and entry.usage.input_tokens == 1000 and entry.usage.cost_usd > 0
+    assert record.usage.cost_usd == entry.usage.cost_usd
+    assert [b.tasks for b in record.batches] == [["a", "b"], ["b", "c", "d"]]
+    prompts = {k: (logs / f"{k}.log").read_text() for k in "abcd"}
+    assert "ROUTED-FOR-C" in prompts["c"]
+    assert all("ROUTED-FOR-C" not in prompts[k] for k in "abd")
+    second_b = prompts["b"].split("build b")[-1]
+    assert "## Retry guidance\nwrite USE-GOOD" in second_b
+    assert "b.txt: expected good" in second_b  # beside the guidance, its own verify output
+    assert "LEARNED-ONE" in prompts["c"] and "LEARNED-ONE" in prompts["d"]
+    assert "LEARNED-ONE" not in prompts["a"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "otto_farm", "status", record.run_id, "--pilot"],
+        env={**os.environ, **settings.env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "after batch 1: applied" in shown.stdout and "context for c: ROUTED-FOR-C" in shown.stdout
+
+
+def test_garbage_answer_falls_back_to_the_replan_and_the_run_finishes(
+    make_repo, write_taskset, run_taskset, pilot_server, tmp_path
+):
+    pilot_server.script(ScriptedReply(text="I think you should retry b."))  # no tool call at all
+    record = run_taskset(write_taskset(mixed_set(make_repo(), tmp_path, max_task_runs=1)))
+    entry = record.batches[0].pilot
+    assert entry.outcome == "fallback_replan" and "no tool call" in entry.reason
+    assert record.tasks["b"].status is TaskStatus.failed
+    assert record.tasks["c"].status is TaskStatus.passed and record.status is RunStatus.failed
+
+
+def test_overloaded_then_answer_is_retried_by_the_sdk(
+    make_repo, write_taskset, run_taskset, pilot_server, tmp_path
+):
+    (tmp_path / "logs").mkdir()
+    pilot_server.script(ScriptedReply(status=529), ScriptedReply(tool_input=GOOD_ANSWER))
+    record = run_taskset(write_taskset(mixed_set(make_repo(), tmp_path / "logs")))
+    assert len(pilot_server.requests) == 2
+    assert record.batches[0].pilot.outcome == "applied" and record.status is RunStatus.passed
+
+
+def test_server_errors_and_timeouts_fall_back(make_repo, write_taskset, run_taskset, pilot_server, tmp_path):
+    pilot_server.script(*[ScriptedReply(status=500)] * 3)  # the first try and the SDK's two retries
+    record = run_taskset(write_taskset(mixed_set(make_repo(), tmp_path)))
+    assert record.batches[0].pilot.outcome == "fallback_replan"
+    assert "InternalServerError" in record.batches[0].pilot.reason
+    assert record.status is RunStatus.failed  # b never saw USE-GOOD
+
+    pilot_server.script(*[ScriptedReply(tool_input=GOOD_ANSWER, delay_s=3)] * 3)
+    record = run_taskset(
+        write_taskset(
+            mixed_set(make_repo(name="repo2"), tmp_path, pilot={"timeout_s": 0.3}), name="slow.yaml"
+        )
+    )
+    assert record.batches[0].pilot.outcome == "fallback_replan"
+    assert "Timeout" in record.batches[0].pilot.reason
+
+
+def test_no_pilot_call_without_failures_or_when_disabled(
+    make_repo, write_taskset, run_taskset, pilot_server, tmp_path
+):
+    clean = mixed_set(make_repo(), tmp_path)
+    clean["tasks"][1]["verify"] = "true"
+    assert run_taskset(write_taskset(clean)).status is RunStatus.passed
+    off = mixed_set(make_repo(name="repo2"), tmp_path, pilot={"enabled": False})
+    record = run_taskset(write_taskset(off, name="off.yaml"))
+    assert record.batches[0].pilot is None and record.batches[0].decision.source == "replan"
+    assert pilot_server.requests == []
