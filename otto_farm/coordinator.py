@@ -173,7 +173,13 @@ def finish_batch(
         store.emit(run_id, "pilot_started", batch=index)
         chain(
             app.signature(
-                "otto_farm.pilot", args=(run_id, index), queue=PILOT_QUEUE, task_id=f"{run_id}.b{index}.pilot"
+                "otto_farm.pilot",
+                args=(run_id, index),
+                queue=PILOT_QUEUE,
+                task_id=f"{run_id}.b{index}.pilot",
+                # The request and the SDK's two retries; past that Celery interrupts it, caught as an error.
+                soft_time_limit=3 * record.taskset.pilot.timeout_s + SOFT_LIMIT_GRACE_S,
+                time_limit=3 * record.taskset.pilot.timeout_s + HARD_LIMIT_GRACE_S,
             ),
             app.signature(
                 "otto_farm.apply_pilot",

@@ -109,6 +109,14 @@ def _render(reply: ScriptedReply, request: dict[str, Any], n: int) -> _Response:
     return _Response(200, json.dumps(message), reply.delay_s)
 
 
+def load_replies(path: str | Path) -> list[ScriptedReply]:
+    """The replies in a JSON file holding a list of reply objects (`ScriptedReply` fields)."""
+    items = json.loads(Path(path).read_text())
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise ValueError(f"{path}: expected a JSON list of reply objects")
+    return [ScriptedReply(**item) for item in items]
+
+
 class ScriptedServer:
     """A real HTTP server answering `POST /v1/messages` from a queue of `ScriptedReply`."""
 
@@ -124,10 +132,7 @@ class ScriptedServer:
     @classmethod
     def from_file(cls, path: str | Path) -> ScriptedServer:
         """A server scripted by a JSON file holding a list of reply objects (`ScriptedReply` fields)."""
-        items = json.loads(Path(path).read_text())
-        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-            raise ValueError(f"{path}: expected a JSON list of reply objects")
-        return cls(ScriptedReply(**item) for item in items)
+        return cls(load_replies(path))
 
     def start(self, port: int = 0) -> str:
         """Serve on 127.0.0.1 (`port` 0 picks a free one) from a daemon thread; return the base URL."""
