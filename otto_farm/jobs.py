@@ -9,7 +9,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from otto_farm import coordinator, pilot, taskrun
 from otto_farm.celery_app import app
-from otto_farm.models import PilotAnswer, TaskResult, TaskStatus
+from otto_farm.models import BatchStatus, PilotAnswer, TaskResult, TaskStatus
 from otto_farm.settings import Settings
 from otto_farm.store import Store
 
@@ -72,8 +72,10 @@ def batch_done(results: list[dict[str, Any]], run_id: str, batch: int) -> None:
 @app.task(name="otto_farm.pilot")
 def pilot_job(run_id: str, batch: int) -> dict[str, Any]:
     """Ask the pilot what comes after this batch; a failed call is an answer with its error."""
-    answer = pilot.ask(_store().get(run_id), batch, pilot.AnthropicClient())
-    return answer.model_dump(mode="json")
+    record = _store().get(run_id)
+    if record.batches[batch].status is not BatchStatus.deciding:  # redelivered after its answer was applied
+        return PilotAnswer(batch=batch, model="", error="already decided").model_dump(mode="json")
+    return pilot.ask(record, batch, pilot.AnthropicClient()).model_dump(mode="json")
 
 
 @app.task(name="otto_farm.apply_pilot")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from otto_farm.celery_app import app
 from otto_farm.models import RunStatus, TaskStatus
 from otto_farm.scripted_server import ScriptedReply
 
@@ -128,3 +129,14 @@ def test_no_pilot_call_without_failures_or_when_disabled(
     record = run_taskset(write_taskset(off, name="off.yaml"))
     assert record.batches[0].pilot is None and record.batches[0].decision.source == "replan"
     assert pilot_server.requests == []
+
+
+def test_redelivered_pilot_job_after_its_answer_does_not_call_again(
+    make_repo, write_taskset, run_taskset, pilot_server, tmp_path
+):
+    (tmp_path / "logs").mkdir()
+    pilot_server.script(ScriptedReply(tool_input=GOOD_ANSWER))
+    record = run_taskset(write_taskset(mixed_set(make_repo(), tmp_path / "logs")))
+    again = app.signature("otto_farm.pilot", args=(record.run_id, 0)).apply_async().get(timeout=30)
+    assert again["error"] == "already decided"
+    assert len(pilot_server.requests) == 1
