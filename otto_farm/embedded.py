@@ -127,6 +127,10 @@ def session(
         return
     farm = Embedded(settings)
     if farm.redis_up():
+        if workers and not farm.workers_up():  # jobs would wait forever for a worker
+            raise InfrastructureError(
+                f"the farm under {farm.home} is up but its workers are not: `otto-farm down && otto-farm up`"
+            )
         yield farm.settings, None
         return
     farm.start_redis()
@@ -139,10 +143,13 @@ def session(
 
 def _alive(pidfile: Path) -> bool:
     try:
-        os.kill(int(pidfile.read_text()), 0)
+        pid = int(pidfile.read_text())
+        os.kill(pid, 0)
     except (OSError, ValueError):
         return False
-    return True
+    # A dead process nobody has reaped yet still answers signal 0: its state in /proc says Z.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
 
 
 def _terminate(pid: int) -> None:

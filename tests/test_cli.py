@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -134,6 +136,10 @@ def test_up_submit_no_wait_status_watch_down(make_repo, write_taskset, tmp_path,
         run_id = proc.stdout.split()[1].rstrip(":")
         watch = otto("status", run_id, "--watch", cwd=tmp_path)
         assert watch.returncode == 0 and "passed" in watch.stdout
+        os.killpg(int((tmp_path / ".otto-farm" / "workers.pid").read_text()), signal.SIGKILL)
+        time.sleep(0.5)
+        orphaned = otto("submit", str(path), cwd=tmp_path)
+        assert orphaned.returncode == 3 and "workers are not" in orphaned.stderr
     finally:
         assert otto("down", cwd=tmp_path).returncode == 0
     assert not (tmp_path / ".otto-farm" / "redis.sock").exists()
