@@ -9,7 +9,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from otto_farm import coordinator, pilot, taskrun
 from otto_farm.celery_app import app
-from otto_farm.models import BatchStatus, PilotAnswer, TaskResult, TaskStatus
+from otto_farm.models import BatchStatus, PilotAnswer
 from otto_farm.settings import Settings
 from otto_farm.store import Store
 
@@ -49,16 +49,9 @@ def run_task(self: Any, run_id: str, task_key: str, run_no: int, batch: int) -> 
             timeout_errors=(SoftTimeLimitExceeded,),
         )
     except Exception as exc:  # e.g. the store is unreachable: report it, so the chord callback still runs
-        result = TaskResult(
-            run_id=run_id,
-            task_key=task_key,
-            run_no=run_no,
-            batch=batch,
-            status=TaskStatus.error,
-            error_code="infrastructure",
-            error=f"{type(exc).__name__}: {exc}"[-2000:],
-            worker=worker,
-            branch=taskrun.branch_name(run_id, task_key),
+        error = f"{type(exc).__name__}: {exc}"[-2000:]
+        result = taskrun.error_result(
+            run_id, task_key, run_no, batch, worker, error_code="infrastructure", error=error
         )
     return result.model_dump(mode="json")
 

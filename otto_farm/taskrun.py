@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from otto_farm import gitops, prompt, shell, verify
 from otto_farm.agents import AgentRequest, get_agent
@@ -58,17 +59,7 @@ def run(
     store.emit(run_id, "task_started", task=key, batch=batch, run=run_no, worker=worker)
     started = time.monotonic()
     job = _Job(record, key, run_no, batch, deadline=started + record.taskset.timeout_s)
-    base = record.batches[batch]
-    result = TaskResult(
-        run_id=run_id,
-        task_key=key,
-        run_no=run_no,
-        batch=batch,
-        status=TaskStatus.error,
-        branch=branch_name(run_id, key),
-        base_sha=base.base_sha,
-        worker=worker,
-    )
+    result = error_result(run_id, key, run_no, batch, worker, base_sha=record.batches[batch].base_sha)
     try:
         _execute(job, work_dir, result, progress or (lambda phase, attempt: None))
     except GitError as exc:
@@ -85,6 +76,23 @@ def run(
     result.attempts, result.usage = job.attempts, job.usage
     result.duration_s = round(time.monotonic() - started, 3)
     return save_result(store, result)
+
+
+def error_result(
+    run_id: str, key: str, run_no: int, batch: int, worker: str, base_sha: str = "", **fields: Any
+) -> TaskResult:
+    """A result that says `error` until the job has done better."""
+    return TaskResult(
+        run_id=run_id,
+        task_key=key,
+        run_no=run_no,
+        batch=batch,
+        status=TaskStatus.error,
+        branch=branch_name(run_id, key),
+        base_sha=base_sha,
+        worker=worker,
+        **fields,
+    )
 
 
 def save_result(store: Store, result: TaskResult) -> TaskResult:
