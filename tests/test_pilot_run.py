@@ -140,3 +140,16 @@ def test_redelivered_pilot_job_after_its_answer_does_not_call_again(
     again = app.signature("otto_farm.pilot", args=(record.run_id, 0)).apply_async().get(timeout=30)
     assert again["error"] == "already decided"
     assert len(pilot_server.requests) == 1
+
+
+def test_invalid_batches_keep_the_default_ones_and_the_rest_is_applied(
+    make_repo, write_taskset, run_taskset, pilot_server, tmp_path
+):
+    (tmp_path / "logs").mkdir()
+    pilot_server.script(ScriptedReply(tool_input={**GOOD_ANSWER, "batches": [["b"], ["b", "c"]]}))
+    record = run_taskset(write_taskset(mixed_set(make_repo(), tmp_path / "logs")))
+    entry = record.batches[0].pilot
+    assert entry.outcome == "default_batches" and "more than once" in entry.reason
+    assert record.status is RunStatus.passed  # the guidance was applied all the same
+    assert record.tasks["c"].context == ["ROUTED-FOR-C"] and record.learnings == ["LEARNED-ONE"]
+    assert [b.tasks for b in record.batches][1] == ["b", "c", "d"]
