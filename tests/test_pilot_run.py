@@ -153,3 +153,23 @@ def test_invalid_batches_keep_the_default_ones_and_the_rest_is_applied(
     assert record.status is RunStatus.passed  # the guidance was applied all the same
     assert record.tasks["c"].context == ["ROUTED-FOR-C"] and record.learnings == ["LEARNED-ONE"]
     assert [b.tasks for b in record.batches][1] == ["b", "c", "d"]
+
+
+def test_submit_no_pilot_decides_by_replan_alone(
+    make_repo, write_taskset, pilot_server, tmp_path, settings, store, worker
+):
+    (tmp_path / "logs").mkdir()
+    pilot_server.script(ScriptedReply(tool_input=GOOD_ANSWER))
+    path = write_taskset(mixed_set(make_repo(), tmp_path / "logs"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "otto_farm", "submit", str(path), "--no-pilot"],
+        env={**os.environ, **settings.env()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # b never gets the pilot's guidance
+    record = store.get(proc.stdout.split()[1].rstrip(":"))
+    assert record.taskset.pilot.enabled is False
+    assert all(b.pilot is None for b in record.batches)
+    assert pilot_server.requests == []
