@@ -24,9 +24,13 @@ class Strict(BaseModel):
 
 class AgentConfig(Strict):
     provider: str = "command"
+    preset: str | None = None  # a named command preset (config/agent-presets.toml), for provider command
     command: str | None = None
     model: str | None = None
     max_turns: int = Field(50, ge=1)
+    max_tokens: int = Field(8192, ge=1)  # per model response
+    max_total_tokens: int | None = Field(None, ge=1)  # input + output over one attempt
+    max_cost_usd: float | None = Field(None, gt=0)  # one task's job
 
 
 class PilotConfig(Strict):
