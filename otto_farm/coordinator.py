@@ -233,7 +233,12 @@ def _conclude(record: RunRecord, index: int, decision: Decision) -> None:
     record.learnings.extend(decision.learnings)
     record.plan = decision.batches
     batch.status, batch.finished_at = BatchStatus.done, utcnow()
-    if not record.plan:
+    budget = record.taskset.budget.max_cost_usd
+    if record.plan and budget is not None and record.usage.cost_usd >= budget:
+        # What merged stays merged; the tasks still planned stay pending.
+        record.status, record.finished_at = RunStatus.budget_exceeded, utcnow()
+        record.error = f"budget spent: ${record.usage.cost_usd:.4f} of ${budget:.4f}"
+    elif not record.plan:
         done = all(s.status is TaskStatus.passed for s in record.tasks.values())
         record.status = RunStatus.passed if done else RunStatus.failed
         record.finished_at = utcnow()

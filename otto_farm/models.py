@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -104,6 +104,7 @@ class RunStatus(StrEnum):
     passed = "passed"  #: every task passed and merged
     failed = "failed"  #: finished, some tasks did not pass
     error = "error"  #: stopped by an infrastructure failure
+    budget_exceeded = "budget_exceeded"  #: stopped dispatching once budget.max_cost_usd was spent
 
 
 class Usage(BaseModel):
@@ -127,6 +128,10 @@ class Attempt(BaseModel):
     verify_output: str = ""
     error_code: str | None = None
     duration_s: float = 0.0
+    stop_reason: str | None = None
+    final_message: str = ""
+    usage: Usage = Usage()
+    transcript: list[dict[str, Any]] = []  # an LLM agent's messages and tool calls, capped
 
 
 class TaskResult(BaseModel):

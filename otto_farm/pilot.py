@@ -14,15 +14,12 @@ import anthropic
 from anthropic.types import ToolChoiceToolParam, ToolParam
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from otto_farm import shell
+from otto_farm import pricing, shell
 from otto_farm.models import FAILED_STATUSES, Decision, PilotAnswer, PilotRecord, RunRecord, TaskStatus, Usage
 from otto_farm.plan import default_retries, replan, settle
 
 TOOL_NAME = "decide_next_batches"
-DEFAULT_MODEL = "claude-sonnet-4-5"
 MAX_TOKENS = 4096
-# USD per million tokens (input, output); cache reads and writes at Anthropic's usual 0.1x and 1.25x.
-PRICES = {"claude-sonnet-4-5": (3.0, 15.0), "claude-opus-4-1": (15.0, 75.0), "claude-haiku-4-5": (1.0, 5.0)}
 SYSTEM = (
     "You are the pilot of a farm of coding agents working on one git repository. A batch of tasks has "
     "just ended with failures. Read what happened, explain each failure, choose per failed task whether "
@@ -107,23 +104,12 @@ class AnthropicClient:
             cache_read_tokens=u.cache_read_input_tokens or 0,
             cache_write_tokens=u.cache_creation_input_tokens or 0,
         )
-        usage.cost_usd = cost_usd(model, usage)
+        usage.cost_usd = pricing.cost_usd(model, usage)
         tool_input = next((b.input for b in message.content if b.type == "tool_use"), None)
         text = "".join(b.text for b in message.content if b.type == "text")
         return LLMReply(
             tool_input=tool_input if isinstance(tool_input, dict) else None, text=text, usage=usage
         )
-
-
-def cost_usd(model: str, usage: Usage) -> float:
-    price_in, price_out = PRICES.get(model, PRICES[DEFAULT_MODEL])
-    return round(
-        (usage.input_tokens + 0.1 * usage.cache_read_tokens + 1.25 * usage.cache_write_tokens)
-        * price_in
-        / 1e6
-        + usage.output_tokens * price_out / 1e6,
-        6,
-    )
 
 
 def needed(record: RunRecord, index: int) -> bool:
@@ -201,7 +187,7 @@ def _key_lists(record: RunRecord) -> str:
 
 def model_for(record: RunRecord) -> str:
     ts = record.taskset
-    return ts.pilot.model or ts.agent.model or DEFAULT_MODEL
+    return ts.pilot.model or ts.agent.model or pricing.default_model()
 
 
 def ask(record: RunRecord, index: int, client: LLMClient) -> PilotAnswer:

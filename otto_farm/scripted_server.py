@@ -38,11 +38,14 @@ class ScriptedReply:
     """One answer: a tool call and/or text (text first), an error `status`, or a verbatim `raw_body`."""
 
     tool_input: dict[str, Any] | None = None
+    tool_name: str | None = None  #: default: the tool the request forces, else its first tool
     text: str | None = None  #: with a non-200 status: the error message
     status: int = 200
     delay_s: float = 0
     input_tokens: int = 10
     output_tokens: int = 10
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
     stop_reason: str | None = None
     raw_body: str | None = None
 
@@ -87,7 +90,8 @@ def _render(reply: ScriptedReply, request: dict[str, Any], n: int) -> _Response:
         content.append({"type": "text", "text": reply.text})
     if reply.tool_input is not None:
         choice, tools = request.get("tool_choice") or {}, request.get("tools") or []
-        name = choice.get("name") if choice.get("type") == "tool" else tools[0].get("name") if tools else None
+        forced = choice.get("name") if choice.get("type") == "tool" else None
+        name = reply.tool_name or forced or (tools[0].get("name") if tools else None)
         if name is None:
             return _error(400, "scripted tool_input, but the request names no tool")
         content.append({"type": "tool_use", "id": f"toolu_{n}", "name": name, "input": reply.tool_input})
@@ -102,8 +106,8 @@ def _render(reply: ScriptedReply, request: dict[str, Any], n: int) -> _Response:
         "usage": {
             "input_tokens": reply.input_tokens,
             "output_tokens": reply.output_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": reply.cache_write_tokens,
+            "cache_read_input_tokens": reply.cache_read_tokens,
         },
     }
     return _Response(200, json.dumps(message), reply.delay_s)

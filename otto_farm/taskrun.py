@@ -188,23 +188,35 @@ def _attempts(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, prog
                 run_id=job.record.run_id,
                 task_key=key,
                 attempt=n,
+                previous_failure=failure,
             )
         )
         attempt = Attempt(
             number=n,
             agent_exit_code=outcome.exit_code,
             agent_output=shell.tail(outcome.output, ATTEMPT_OUTPUT_CHARS),
+            stop_reason=outcome.stop_reason,
+            final_message=shell.tail(outcome.final_message, ATTEMPT_OUTPUT_CHARS),
+            usage=outcome.usage,
+            transcript=outcome.transcript,
         )
         job.attempts.append(attempt)
         job.usage = job.usage + outcome.usage
         if not outcome.ok:
             timed_out = outcome.stop_reason == "timeout"
-            attempt.error_code = "agent_timeout" if timed_out else "agent_error"
+            code = (
+                "agent_timeout"
+                if timed_out
+                else "agent_api_error"
+                if outcome.infrastructure
+                else "agent_error"
+            )
+            attempt.error_code = code
             result.status = TaskStatus.timeout if timed_out else TaskStatus.error
-            result.error_code, result.error = attempt.error_code, outcome.error
+            result.error_code, result.error = code, outcome.error
             failure = f"The agent run failed: {outcome.error}"
             attempt.duration_s = round(time.monotonic() - attempt_start, 3)
-            if timed_out:
+            if timed_out or outcome.infrastructure:  # another attempt would meet the same wall
                 return
             continue
         gitops.commit_all(wt, f"otto-farm: {key} (run {job.run_no}, attempt {n})", exclude=job.setup_files)

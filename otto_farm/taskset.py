@@ -13,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from otto_farm import gitops
-from otto_farm.agents import AGENTS
+from otto_farm.agents import AGENTS, presets
 from otto_farm.errors import GitError, InputError
 from otto_farm.models import TaskSet
 from otto_farm.plan import find_cycle
@@ -47,8 +47,10 @@ def load(path: Path, repo: str | None = None, agent_command: str | None = None) 
     data = _parse(path)
     if repo is not None:
         data["repo"] = repo
-    if agent_command and isinstance(data.get("agent", {}), dict) and not data.get("agent", {}).get("command"):
-        data["agent"] = {**data.get("agent", {}), "command": agent_command}
+    agent = data.get("agent", {})
+    # A preset brings its own command line.
+    if agent_command and isinstance(agent, dict) and not agent.get("command") and not agent.get("preset"):
+        data["agent"] = {**agent, "command": agent_command}
     try:
         ts = TaskSet.model_validate(data)
     except ValidationError as exc:
@@ -110,7 +112,15 @@ def _check_tasks(ts: TaskSet, source: str) -> None:
             raise InputError(
                 source, f"{field}.provider", f"unknown provider {agent.provider!r} (known: {known})"
             )
-        if agent.provider == "command" and not agent.command:
+        if agent.preset is not None and agent.provider == "command":
+            known_presets = presets.load_presets()
+            if agent.preset not in known_presets:
+                raise InputError(
+                    source,
+                    f"{field}.preset",
+                    f"unknown preset {agent.preset!r} (known: {', '.join(sorted(known_presets))})",
+                )
+        if agent.provider == "command" and not agent.command and not agent.preset:
             raise InputError(
                 source, f"{field}.command", "required for provider 'command' (or set OTTO_FARM_AGENT_COMMAND)"
             )

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from otto_farm.agents.anthropic_agent import AnthropicAgent
 from otto_farm.agents.base import Agent, AgentOutcome, AgentRequest
 from otto_farm.agents.command import CommandAgent
 from otto_farm.models import AgentConfig
 
-AGENTS: dict[str, Callable[[], Agent]] = {"command": CommandAgent}
+AGENTS: dict[str, Callable[[], Agent]] = {"command": CommandAgent, "anthropic": AnthropicAgent}
 
 
 def get_agent(config: AgentConfig) -> Agent:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from otto_farm.models import AgentConfig, Usage
 
@@ -12,13 +12,16 @@ from otto_farm.models import AgentConfig, Usage
 @dataclass(frozen=True)
 class AgentRequest:
     worktree: Path
-    prompt: str
+    prompt: str  # the full prompt, the previous failure included
     config: AgentConfig
     env: dict[str, str]  # already scrubbed of secrets
     timeout_s: float
     run_id: str
     task_key: str
     attempt: int
+    # The previous attempt's failure alone: an agent that keeps its conversation across attempts of one
+    # job (one agent object serves them all) adds just this, so it reads its own error first-hand.
+    previous_failure: str | None = None
 
 
 @dataclass
@@ -27,9 +30,11 @@ class AgentOutcome:
     final_message: str = ""
     stop_reason: str = "end_turn"  # end_turn | error | timeout | max_turns | ...
     exit_code: int | None = None
-    output: str = ""  # what the agent printed, capped; kept as the attempt's transcript
+    output: str = ""  # what the agent printed, capped
     error: str | None = None
     usage: Usage = field(default_factory=Usage)
+    transcript: list[dict[str, Any]] = field(default_factory=list)  # messages and tool calls, capped
+    infrastructure: bool = False  # the failure was the API's, not the code's: no point in another attempt
 
 
 class Agent(Protocol):

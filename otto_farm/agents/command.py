@@ -1,55 +1,94 @@
-"""The `command` agent: any program that edits the worktree, given the prompt on stdin and in a file."""
+"""The `command` agent: any program that edits the worktree, given the prompt on stdin and in a file.
+
+With `agent.preset`, the command line, the secrets passed on and the reading of stdout come from a named
+preset (agents/presets.py) for a coding CLI such as Claude Code, Codex or Aider.
+"""
 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from otto_farm import shell
+from otto_farm.agents import presets
 from otto_farm.agents.base import AgentOutcome, AgentRequest
+from otto_farm.agents.presets import ParsedOutput, Preset
+from otto_farm.models import Usage
 
 OUTPUT_CHARS = 20_000
+# A CLI's report (one JSON object, or the end of an event stream) must be read whole, not from a tail.
+PARSED_OUTPUT_CHARS = 5_000_000
 
 
 class CommandAgent:
     def run(self, request: AgentRequest) -> AgentOutcome:
-        if not request.config.command:
-            return AgentOutcome(ok=False, stop_reason="error", error="agent.command is not set")
+        preset: Preset | None = None
+        if request.config.preset:
+            try:
+                preset = presets.get_preset(request.config.preset)
+            except KeyError:
+                return _failed(f"unknown agent preset {request.config.preset!r}")
+        command = request.config.command or (preset.command if preset else None)
+        if not command:
+            return _failed("agent.command is not set")
+        parses = preset is not None and preset.output in presets.PARSERS
         with tempfile.TemporaryDirectory(prefix="otto-farm-prompt-") as tmp:
             prompt_file = Path(tmp) / "prompt.md"
             prompt_file.write_text(request.prompt)
             env = {
                 **request.env,
+                **(preset.passthrough_env() if preset else {}),
                 "OTTO_FARM_PROMPT_FILE": str(prompt_file),
                 "OTTO_FARM_RUN_ID": request.run_id,
                 "OTTO_FARM_TASK_KEY": request.task_key,
                 "OTTO_FARM_ATTEMPT": str(request.attempt),
             }
+            if request.config.model:
+                env["OTTO_FARM_MODEL"] = request.config.model
             res = shell.run(
-                request.config.command,
+                command,
                 cwd=request.worktree,
                 timeout_s=request.timeout_s,
                 env=env,
                 stdin=request.prompt,
                 split_stderr=True,
-                max_output_chars=OUTPUT_CHARS,
+                max_output_chars=PARSED_OUTPUT_CHARS if parses else OUTPUT_CHARS,
             )
-        output = res.output + (f"\n[stderr]\n{res.stderr}" if res.stderr else "")
-        if res.timed_out:
-            return AgentOutcome(
-                ok=False,
-                stop_reason="timeout",
-                exit_code=res.exit_code,
-                output=output,
-                error=f"agent command timed out after {request.timeout_s:.0f}s",
-            )
-        if res.exit_code != 0:
-            return AgentOutcome(
-                ok=False,
-                stop_reason="error",
-                exit_code=res.exit_code,
-                output=output,
-                error=f"agent command exited {res.exit_code}: {shell.tail(res.stderr.strip(), 2000)}",
-            )
-        last = res.output.strip().splitlines()
-        return AgentOutcome(ok=True, final_message=last[-1] if last else "", exit_code=0, output=output)
+        parsed = presets.parse_output(preset.output, res.output) if preset else None
+        return _outcome(res, parsed, request.timeout_s)
+
+
+def _failed(error: str) -> AgentOutcome:
+    return AgentOutcome(ok=False, stop_reason="error", error=error)
+
+
+def _outcome(res: shell.ShellResult, parsed: ParsedOutput | None, timeout_s: float) -> AgentOutcome:
+    """The outcome of one run: the exit code decides first, then what the CLI reported about itself."""
+    lines = res.output.strip().splitlines()
+    done = AgentOutcome(
+        ok=True,
+        final_message=parsed.final_message if parsed else (lines[-1] if lines else ""),
+        stop_reason=parsed.stop_reason if parsed else "end_turn",
+        exit_code=res.exit_code,
+        output=shell.tail(res.output, OUTPUT_CHARS)
+        + (f"\n[stderr]\n{shell.tail(res.stderr, OUTPUT_CHARS)}" if res.stderr else ""),
+        usage=parsed.usage if parsed else Usage(),  # a failed run's tokens were spent all the same
+    )
+    if res.timed_out:
+        return replace(
+            done, ok=False, stop_reason="timeout", error=f"agent command timed out after {timeout_s:.0f}s"
+        )
+    if res.exit_code != 0:
+        detail = res.stderr.strip() or (parsed.error or "" if parsed else "")
+        return replace(
+            done,
+            ok=False,
+            stop_reason=parsed.stop_reason if parsed and not parsed.ok else "error",
+            error=f"agent command exited {res.exit_code}: {shell.tail(detail, 2000)}",
+        )
+    if parsed and not parsed.ok:
+        return replace(
+            done, ok=False, error=f"agent reported a failure: {shell.tail(parsed.error or '', 2000)}"
+        )
+    return done

@@ -9,20 +9,16 @@ from typing import Annotated
 
 import typer
 
-import otto_farm
 from otto_farm import gitops
 from otto_farm.cli.common import Workers, console, exits_cleanly
 from otto_farm.cli.submit import submit
 from otto_farm.errors import InputError
+from otto_farm.resources import data_dir
 
 
 def examples_dir() -> Path:
     """tasks/examples from the source tree, or its copy inside an installed wheel."""
-    package = Path(otto_farm.__file__).parent
-    for candidate in (package.parent / "tasks" / "examples", package / "_tasks" / "examples"):
-        if (candidate / "quickstart.yaml").is_file():
-            return candidate
-    raise InputError("tasks/examples/quickstart.yaml", "", "not found beside the installed package")
+    return data_dir("tasks", "examples/quickstart.yaml") / "examples"
 
 
 def make_demo_repo(target: Path) -> Path:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -31,8 +31,25 @@ def logs(
         for a in result.attempts:
             if attempt is not None and a.number != attempt:
                 continue
-            console.print(f"--- attempt {a.number}: agent exit {a.agent_exit_code}", markup=False)
-            console.print(a.agent_output or "(no agent output)", markup=False)
+            exit_code = "" if a.agent_exit_code is None else f", exit {a.agent_exit_code}"
+            cost = f", {a.usage.input_tokens}+{a.usage.output_tokens} tokens, ${a.usage.cost_usd:.4f}"
+            console.print(
+                f"--- attempt {a.number}: agent stopped: {a.stop_reason}{exit_code}{cost}", markup=False
+            )
+            for entry in a.transcript:
+                console.print(transcript_line(entry), markup=False)
+            if not a.transcript:
+                console.print(a.agent_output or "(no agent output)", markup=False)
             if a.verify_exit_code is not None:
                 console.print(f"--- attempt {a.number}: verify exit {a.verify_exit_code}", markup=False)
                 console.print(a.verify_output or "(no verify output)", markup=False)
+
+
+def transcript_line(entry: dict[str, Any]) -> str:
+    """One transcript entry: the model's text, a tool call, or a tool's answer."""
+    if entry["role"] == "tool":
+        mark = "tool error" if entry.get("is_error") else "tool"
+        return f"[{mark} {entry['tool']}] {entry['output']}"
+    if "tool" in entry:
+        return f"[call {entry['tool']}] {entry['input']}"
+    return f"[assistant] {entry.get('text', '')}"

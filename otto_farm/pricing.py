@@ -1,0 +1,32 @@
+"""Usage → cost in US dollars, from the price table in config/prices.toml."""
+
+from __future__ import annotations
+
+import tomllib
+from functools import cache
+from typing import Any
+
+from otto_farm.models import Usage
+from otto_farm.resources import data_dir
+
+
+@cache
+def table() -> dict[str, Any]:
+    """The price table, from the source tree's config/ or its copy inside an installed wheel."""
+    return tomllib.loads((data_dir("config", "prices.toml") / "prices.toml").read_text())
+
+
+def default_model() -> str:
+    return str(table()["default_model"])
+
+
+def cost_usd(model: str, usage: Usage) -> float:
+    """What `usage` of `model` costs; a model missing from the table is priced as the default one."""
+    t = table()
+    price = t["models"].get(model) or t["models"][t["default_model"]]
+    input_tokens = (
+        usage.input_tokens
+        + t["cache_read_multiplier"] * usage.cache_read_tokens
+        + t["cache_write_multiplier"] * usage.cache_write_tokens
+    )
+    return round(float(input_tokens * price["input"] + usage.output_tokens * price["output"]) / 1e6, 6)
