@@ -217,3 +217,58 @@ def test_logs_show_the_transcript_of_an_attempt(
         "[tool error str_replace_based_edit_tool]" in proc.stdout and "[assistant] All done." in proc.stdout
     )
     assert "agent stopped: end_turn" in proc.stdout
+
+
+def test_cost_cap_stops_one_task(api, make_repo):
+    api.script(*[ScriptedReply(tool_name="bash", tool_input={"command": "true"}, input_tokens=100_000)] * 3)
+    outcome = run(AnthropicAgent(), make_repo(), max_cost_usd=0.3)  # each reply costs $0.20 at $2/MTok
+    assert outcome.stop_reason == "max_cost" and len(api.requests) == 2
+
+
+def test_run_budget_stops_dispatching_and_keeps_what_merged(
+    make_repo, write_taskset, run_taskset, pilot_server
+):
+    repo = make_repo()
+    pilot_server.script(
+        edit("create", path="one.txt", file_text="1\n"),
+        ScriptedReply(text="done", input_tokens=1_000_000),  # $2 at the default model's price
+    )
+    record = run_taskset(
+        write_taskset(
+            {
+                "repo": str(repo),
+                "verify": "true",
+                "agent": {"provider": "anthropic"},
+                "budget": {"max_cost_usd": 1.0},
+                "tasks": [
+                    {"key": "one", "prompt": "p"},
+                    {"key": "two", "prompt": "p", "depends_on": ["one"]},
+                ],
+            }
+        )
+    )
+    assert record.status is RunStatus.budget_exceeded and "budget spent" in record.error
+    assert record.tasks["one"].merged_sha and record.tasks["two"].status is TaskStatus.pending
+    assert len(record.batches) == 1 and record.usage.cost_usd > 1.0
+
+
+def test_status_shows_task_and_run_cost(make_repo, write_taskset, run_taskset, pilot_server, settings):
+    pilot_server.script(ScriptedReply(text="nothing to do", input_tokens=500_000))  # $1.00
+    record = run_taskset(
+        write_taskset(
+            {
+                "repo": str(make_repo()),
+                "verify": "true",
+                "agent": {"provider": "anthropic"},
+                "tasks": [{"key": "t", "prompt": "p"}],
+            }
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "otto_farm", "status", record.run_id],
+        env={**os.environ, **settings.env(), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "$1.0001" in proc.stdout and "cost $1.0001" in proc.stdout

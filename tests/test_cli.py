@@ -143,3 +143,19 @@ def test_up_submit_no_wait_status_watch_down(make_repo, write_taskset, tmp_path,
     finally:
         assert otto("down", cwd=tmp_path).returncode == 0
     assert not (tmp_path / ".otto-farm" / "redis.sock").exists()
+
+
+def test_demo_with_the_anthropic_agent_says_what_it_needs(tmp_path):
+    proc = otto(
+        "demo",
+        str(tmp_path / "d"),
+        "--agent",
+        "anthropic",
+        cwd=tmp_path,
+        env={"ANTHROPIC_API_KEY": "", "ANTHROPIC_BASE_URL": ""},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "otto-farm: --agent anthropic: needs ANTHROPIC_API_KEY set (the workers' agent calls the Anthropic API)"
+    )
+    assert not (tmp_path / "d").exists()

@@ -87,11 +87,12 @@ def task_table(record: RunRecord) -> Table:
                 str(state.runs),
                 short(last.commit_sha if last else None),
                 f"{last.duration_s:.1f}s" if last else "-",
+                f"${sum(r.usage.cost_usd for r in state.results):.4f}",
                 last.branch if last else "-",
             )
         )
     table = Table(title=f"run {record.run_id}", title_justify="left", box=box.SIMPLE_HEAD)
-    headers = ("task", "batch", "status", "attempts", "runs", "sha", "duration", "branch")
+    headers = ("task", "batch", "status", "attempts", "runs", "sha", "duration", "cost", "branch")
     for i, col in enumerate(headers):
         # Every column keeps its width but the long branch, last, which narrow terminals cut short.
         width = max(len(col), *(len(row[i]) for row in rows)) if col != "branch" else 12
@@ -106,7 +107,7 @@ def summary_line(record: RunRecord) -> str:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(record.counts().items()))
     return (
         f"run {record.run_id} {record.status.value}: {counts}; integration branch "
-        f"{record.integration_branch} at {short(record.integration_sha)}"
+        f"{record.integration_branch} at {short(record.integration_sha)}; cost ${record.usage.cost_usd:.4f}"
         + (f"; error: {record.error}" if record.error else "")
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -9,10 +11,11 @@ from typing import Annotated
 
 import typer
 
-from otto_farm import gitops
+from otto_farm import gitops, taskset
 from otto_farm.cli.common import Workers, console, exits_cleanly
-from otto_farm.cli.submit import submit
+from otto_farm.cli.submit import run as submit_run
 from otto_farm.errors import InputError
+from otto_farm.models import AgentConfig
 from otto_farm.resources import data_dir
 
 
@@ -38,15 +41,25 @@ def demo(
         Path | None, typer.Argument(metavar="[DIR]", help="Where to make the demo repo.")
     ] = None,
     workers: Workers = 2,
+    agent: Annotated[
+        str,
+        typer.Option(help="`command`: the scripted stand-in, no key; `anthropic`: Claude does the tasks."),
+    ] = "command",
 ) -> None:
     """Make a small demo repository and run tasks/examples/quickstart.yaml on it."""
+    if agent not in ("command", "anthropic"):
+        raise InputError("--agent", "", f"unknown agent {agent!r}: use command or anthropic")
+    if agent == "anthropic" and not os.environ.get("ANTHROPIC_API_KEY"):
+        raise InputError(
+            "--agent anthropic",
+            "",
+            "needs ANTHROPIC_API_KEY set (the workers' agent calls the Anthropic API)",
+        )
     repo = make_demo_repo(directory or Path(tempfile.mkdtemp(prefix="otto-farm-demo-")))
     console.print(f"demo repository: {repo}")
-    submit(
-        examples_dir() / "quickstart.yaml",
-        repo=str(repo),
-        wait=True,
-        workers=workers,
-        dry_run=False,
-        no_pilot=False,
-    )
+    loaded = taskset.load(examples_dir() / "quickstart.yaml", repo=str(repo))
+    if agent == "anthropic":
+        # The same tasks, done by Claude through the editor and bash tools, with a second attempt each.
+        ts = loaded.taskset.model_copy(update={"agent": AgentConfig(provider="anthropic"), "max_attempts": 2})
+        loaded = dataclasses.replace(loaded, taskset=ts)
+    submit_run(loaded, wait=True, workers=workers)

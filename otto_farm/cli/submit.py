@@ -46,6 +46,11 @@ def submit(
         for i, batch in enumerate(plan, 1):
             console.print(f"  batch {i}: {', '.join(batch)}")
         return
+    run(loaded, wait, workers)
+
+
+def run(loaded: taskset.LoadedTaskSet, wait: bool = True, workers: int = 2) -> None:
+    """Start a run of a loaded task set and, with `wait`, follow it and exit with its outcome's code."""
     if not wait and (settings := Settings.load()).embedded and not Embedded(settings).redis_up():
         raise InputError("--no-wait", "", "needs a running farm: start one with `otto-farm up`")
     with connected(workers) as (store, proc):
