@@ -150,6 +150,23 @@ def commit_all(worktree: Path, message: str, exclude: Sequence[str] = ()) -> boo
     return True
 
 
+def layout(worktree: Path, max_lines: int = 40) -> str:
+    """The tracked tree at a glance: top-level files, and each top-level folder with its file count."""
+    counts: dict[str, int] = {}
+    for path in git(["ls-files", "-z"], cwd=worktree).split("\0"):
+        if path:
+            top, _, rest = path.partition("/")
+            name = f"{top}/" if rest else top
+            counts[name] = counts.get(name, 0) + 1
+    lines = [
+        f"{name} ({n} file{'' if n == 1 else 's'})" if name.endswith("/") else name
+        for name, n in sorted(counts.items())
+    ]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines] + [f"... and {len(lines) - max_lines} more entries"]
+    return "\n".join(lines)
+
+
 def head(worktree: Path) -> str:
     return git(["rev-parse", "HEAD"], cwd=worktree).strip()
 

@@ -14,8 +14,8 @@ def previous_run_failure(state: TaskState) -> str | None:
     return head + (f"\n{last.verify_tail}" if last.verify_tail else "")
 
 
-def build(record: RunRecord, key: str, previous_failure: str | None = None) -> str:
-    """Task prompt, verify command, learnings, routed context, retry guidance, previous attempt's failure.
+def build(record: RunRecord, key: str, previous_failure: str | None = None, layout: str | None = None) -> str:
+    """Task prompt, verify command, repo layout, learnings, routed context, retry guidance, previous failure.
 
     The retry guidance (from the replan or the pilot) sits in its own section beside, never instead
     of, the previous attempt's verify output: the agent reads its own error first-hand.
@@ -26,6 +26,8 @@ def build(record: RunRecord, key: str, previous_failure: str | None = None) -> s
         ts.task(key).prompt.strip(),
         f"## Verify\nYour change must make this command pass: `{ts.verify_for(key)}`",
     ]
+    if layout:
+        parts.append("## Repository layout\n" + layout)
     if record.learnings:
         parts.append("## Learnings from earlier batches\n" + "\n".join(f"- {x}" for x in record.learnings))
     if state.context:

@@ -172,6 +172,7 @@ def _attempts(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, prog
     agent = get_agent(agent_cfg)
     # A retried task's first attempt reads its previous run's failure first-hand, as later attempts do.
     failure = prompt.previous_run_failure(job.record.tasks[key])
+    tree = gitops.layout(wt)
     for n in range(1, ts.max_attempts + 1):
         if job.remaining_s() <= 0:
             result.status, result.error_code, result.error = TaskStatus.timeout, "job_timeout", "no time left"
@@ -181,7 +182,7 @@ def _attempts(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, prog
         outcome = agent.run(
             AgentRequest(
                 worktree=wt,
-                prompt=prompt.build(job.record, key, failure),
+                prompt=prompt.build(job.record, key, failure, layout=tree),
                 config=agent_cfg,
                 env=env,
                 timeout_s=job.remaining_s(),

@@ -156,6 +156,7 @@ def test_demo_with_the_anthropic_agent_says_what_it_needs(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        "otto-farm: --agent anthropic: needs ANTHROPIC_API_KEY set (the workers' agent calls the Anthropic API)"
+        "otto-farm: --agent anthropic: needs ANTHROPIC_API_KEY set "
+        "(the workers' agent calls the Anthropic API)"
     )
     assert not (tmp_path / "d").exists()
