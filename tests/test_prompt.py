@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from otto_farm.models import RunRecord, TaskState
 from otto_farm.gitops import layout
+from otto_farm.models import RunRecord, TaskState
 from otto_farm.prompt import build
 
 from conftest import make_record
