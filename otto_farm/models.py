@@ -29,7 +29,7 @@ class AgentConfig(Strict):
     model: str | None = None
     max_turns: int = Field(50, ge=1)
     max_tokens: int = Field(8192, ge=1)  # per model response
-    max_total_tokens: int | None = Field(None, ge=1)  # input + output over one attempt
+    max_total_tokens: int | None = Field(None, ge=1)  # input + output over the job's attempts
     max_cost_usd: float | None = Field(None, gt=0)  # one task's job
 
 

@@ -113,8 +113,14 @@ class AnthropicClient:
 
 
 def needed(record: RunRecord, index: int) -> bool:
-    """A pilot call only after a batch with a failure, while work remains, when the pilot is enabled."""
-    if not record.taskset.pilot.enabled:
+    """A pilot call only after a batch with a failure, while work remains, when the pilot is enabled.
+
+    Not once the budget is spent: the run ends there, so the answer would be paid for and unused.
+    """
+    ts = record.taskset
+    if not ts.pilot.enabled:
+        return False
+    if ts.budget.max_cost_usd is not None and record.usage.cost_usd >= ts.budget.max_cost_usd:
         return False
     if not any(record.tasks[k].status in FAILED_STATUSES for k in record.batches[index].tasks):
         return False

@@ -49,7 +49,8 @@ def load(path: Path, repo: str | None = None, agent_command: str | None = None) 
         data["repo"] = repo
     agent = data.get("agent", {})
     # A preset brings its own command line.
-    if agent_command and isinstance(agent, dict) and not agent.get("command") and not agent.get("preset"):
+    commandless = isinstance(agent, dict) and not agent.get("command") and not agent.get("preset")
+    if agent_command and commandless and agent.get("provider", "command") == "command":
         data["agent"] = {**agent, "command": agent_command}
     try:
         ts = TaskSet.model_validate(data)

@@ -185,3 +185,10 @@ def test_decision_schema_is_the_tool_schema():
         "new_learnings",
         "batches",
     } <= set(schema["properties"])
+
+
+def test_no_pilot_once_the_budget_is_spent():
+    record = after_batch(budget={"max_cost_usd": 1.0})
+    assert needed(record, 0)
+    record.usage.cost_usd = 1.0
+    assert not needed(record, 0)
