@@ -8,6 +8,7 @@ from celery import chain, chord
 
 from otto_farm import gitops, pilot, taskrun
 from otto_farm.celery_app import CONTROL_QUEUE, PILOT_QUEUE, TASKS_QUEUE, app
+from otto_farm.errors import InputError
 from otto_farm.models import (
     BatchRecord,
     BatchStatus,
@@ -73,14 +74,27 @@ def dispatch_next(store: Store, run_id: str) -> RunRecord:
             )
 
     record = store.update(run_id, change)
-    batch = record.batches[-1]
-    timeout_s = record.taskset.timeout_s
+    _send_batch(record, record.batches[-1])
+    store.emit(
+        run_id, "batch_started", batch=len(record.batches) - 1, tasks=",".join(record.batches[-1].tasks)
+    )
+    return record
+
+
+def job_id(run_id: str, batch: int, key: str, run_no: int) -> str:
+    """A job's Celery task id: readable in Flower, and known to `cancel` without asking anyone."""
+    return f"{run_id}.b{batch}.{key}.r{run_no}"
+
+
+def _send_batch(record: RunRecord, batch: BatchRecord) -> None:
+    """The batch's chord: one run_task per task (at its current run) and the batch_done callback."""
+    run_id, timeout_s = record.run_id, record.taskset.timeout_s
     header = [
         app.signature(
             "otto_farm.run_task",
             args=(run_id, key, record.tasks[key].runs, batch.index),
             queue=TASKS_QUEUE,
-            task_id=f"{run_id}.b{batch.index}.{key}.r{record.tasks[key].runs}",
+            task_id=job_id(run_id, batch.index, key, record.tasks[key].runs),
             soft_time_limit=timeout_s + SOFT_LIMIT_GRACE_S,
             time_limit=timeout_s + HARD_LIMIT_GRACE_S,
         )
@@ -94,8 +108,28 @@ def dispatch_next(store: Store, run_id: str) -> RunRecord:
     )
     chord(header)(callback)
     _untrack([sig.id for sig in header])
-    store.emit(run_id, "batch_started", batch=batch.index, tasks=",".join(batch.tasks))
-    return record
+
+
+def _send_pilot(record: RunRecord, index: int) -> None:
+    """The pilot job chained to the step that applies its answer."""
+    run_id, timeout_s = record.run_id, record.taskset.pilot.timeout_s
+    chain(
+        app.signature(
+            "otto_farm.pilot",
+            args=(run_id, index),
+            queue=PILOT_QUEUE,
+            task_id=f"{run_id}.b{index}.pilot",
+            # The request and the SDK's two retries; past that Celery interrupts it, caught as an error.
+            soft_time_limit=3 * timeout_s + SOFT_LIMIT_GRACE_S,
+            time_limit=3 * timeout_s + HARD_LIMIT_GRACE_S,
+        ),
+        app.signature(
+            "otto_farm.apply_pilot",
+            args=(run_id, index),
+            queue=CONTROL_QUEUE,
+            task_id=f"{run_id}.b{index}.apply",
+        ),
+    ).apply_async()
 
 
 def _untrack(task_ids: list[str]) -> None:
@@ -124,8 +158,12 @@ def finish_batch(
     redelivered callback never merges twice.
     """
     with store.lock(run_id, CALLBACK_LOCK_S):
-        if store.get(run_id).batches[index].status is not BatchStatus.running:
-            return
+        current = store.get(run_id)
+        if (
+            current.status is not RunStatus.running
+            or current.batches[index].status is not BatchStatus.running
+        ):
+            return  # a redelivered callback, or a cancelled run
         for raw in results:
             taskrun.save_result(store, TaskResult.model_validate(raw))
         record = store.get(run_id)
@@ -171,23 +209,7 @@ def finish_batch(
     )
     if record.batches[index].status is BatchStatus.deciding:
         store.emit(run_id, "pilot_started", batch=index)
-        chain(
-            app.signature(
-                "otto_farm.pilot",
-                args=(run_id, index),
-                queue=PILOT_QUEUE,
-                task_id=f"{run_id}.b{index}.pilot",
-                # The request and the SDK's two retries; past that Celery interrupts it, caught as an error.
-                soft_time_limit=3 * record.taskset.pilot.timeout_s + SOFT_LIMIT_GRACE_S,
-                time_limit=3 * record.taskset.pilot.timeout_s + HARD_LIMIT_GRACE_S,
-            ),
-            app.signature(
-                "otto_farm.apply_pilot",
-                args=(run_id, index),
-                queue=CONTROL_QUEUE,
-                task_id=f"{run_id}.b{index}.apply",
-            ),
-        ).apply_async()
+        _send_pilot(record, index)
     else:
         _advance(store, record, index)
 
@@ -195,8 +217,12 @@ def finish_batch(
 def apply_pilot(store: Store, run_id: str, index: int, answer: PilotAnswer) -> None:
     """Validate the pilot's answer against the run, apply it (or the replan), then dispatch or finish."""
     with store.lock(run_id, CALLBACK_LOCK_S):
-        if store.get(run_id).batches[index].status is not BatchStatus.deciding:
-            return  # a redelivered answer: the first one was applied
+        current = store.get(run_id)
+        if (
+            current.status is not RunStatus.running
+            or current.batches[index].status is not BatchStatus.deciding
+        ):
+            return  # a redelivered answer (the first one was applied), or a cancelled run
 
         def change(record: RunRecord) -> None:
             decision, entry = pilot.to_decision(record, answer)
@@ -261,6 +287,55 @@ def _advance(store: Store, record: RunRecord, index: int) -> None:
         dispatch_next(store, record.run_id)
     else:
         store.emit(record.run_id, "run_finished", status=record.status.value, sha=record.integration_sha)
+
+
+def cancel(store: Store, run_id: str) -> RunRecord:
+    """End a running run as cancelled: nothing more is dispatched, and its running jobs are interrupted.
+
+    The jobs get Celery's soft-time-limit signal, so each one kills its agent's or verify command's
+    process group on the way out, as on a timeout; their results no longer move the run.
+    """
+    with store.lock(run_id, CALLBACK_LOCK_S):
+
+        def change(record: RunRecord) -> None:
+            if record.status is not RunStatus.running:
+                raise InputError("run", run_id, f"has already ended ({record.status.value})")
+            record.status, record.finished_at = RunStatus.cancelled, utcnow()
+            for state in record.tasks.values():
+                if state.status in (TaskStatus.pending, TaskStatus.running):
+                    state.status, state.reason = TaskStatus.skipped, "run cancelled"
+
+        record = store.update(run_id, change)
+    if record.batches:
+        batch = record.batches[-1]
+        ids = [job_id(run_id, batch.index, k, record.tasks[k].runs) for k in batch.tasks]
+        app.control.revoke(ids, terminate=True, signal="SIGUSR1")
+    store.emit(run_id, "run_finished", status=RunStatus.cancelled.value, sha=record.integration_sha)
+    return record
+
+
+def resume(store: Store, run_id: str) -> str:
+    """Send again what a running run waits for but may have lost; finished work is not redone.
+
+    The current batch's chord goes out again (a job whose result is stored returns it at once), a
+    lost pilot chain is re-sent, and a batch left done with nothing dispatched after it is followed.
+    """
+    record = store.get(run_id)
+    if record.status is not RunStatus.running:
+        raise InputError("run", run_id, f"has already ended ({record.status.value})")
+    if not record.batches or record.batches[-1].status is BatchStatus.done:
+        dispatch_next(store, run_id)
+        return f"dispatched batch {len(store.get(run_id).batches)}"
+    batch = record.batches[-1]
+    if batch.status is BatchStatus.deciding:
+        _send_pilot(record, batch.index)
+        return f"asked the pilot again after batch {batch.index + 1}"
+    done = [k for k in batch.tasks if any(r.run_no == record.tasks[k].runs for r in record.tasks[k].results)]
+    _send_batch(record, batch)
+    store.emit(run_id, "batch_resumed", batch=batch.index)
+    return (
+        f"re-sent batch {batch.index + 1}: {len(batch.tasks) - len(done)} of {len(batch.tasks)} jobs to run"
+    )
 
 
 def fail(store: Store, run_id: str, error: str) -> None:

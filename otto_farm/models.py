@@ -105,6 +105,7 @@ class RunStatus(StrEnum):
     failed = "failed"  #: finished, some tasks did not pass
     error = "error"  #: stopped by an infrastructure failure
     budget_exceeded = "budget_exceeded"  #: stopped dispatching once budget.max_cost_usd was spent
+    cancelled = "cancelled"  #: stopped by `otto-farm cancel`
 
 
 class Usage(BaseModel):

@@ -14,7 +14,7 @@ from typing import Any
 from otto_farm import gitops, prompt, shell, verify
 from otto_farm.agents import AgentRequest, get_agent
 from otto_farm.errors import GitError
-from otto_farm.models import Attempt, RunRecord, TaskResult, TaskStatus, Usage
+from otto_farm.models import Attempt, RunRecord, RunStatus, TaskResult, TaskStatus, Usage
 from otto_farm.store import Store
 
 ATTEMPT_OUTPUT_CHARS = 8_000
@@ -104,8 +104,9 @@ def save_result(store: Store, result: TaskResult) -> TaskResult:
         existing = next((r for r in state.results if r.run_no == result.run_no), None)
         if existing is None:
             state.results.append(result)
-            state.status = result.status
-            state.reason = result.error
+            if record.status is RunStatus.running:  # a cancelled run keeps its tasks as they were left
+                state.status = result.status
+                state.reason = result.error
             record.usage = record.usage + result.usage
         kept[:] = [existing or result]
 

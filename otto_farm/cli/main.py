@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from otto_farm.cli.cancel import cancel
 from otto_farm.cli.demo import demo
 from otto_farm.cli.logs import logs
+from otto_farm.cli.resume import resume
 from otto_farm.cli.runs import runs
 from otto_farm.cli.status import status
 from otto_farm.cli.submit import submit
@@ -19,7 +21,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for command in (submit, status, runs, logs, up, down, worker, demo):
+for command in (submit, status, runs, logs, cancel, resume, up, down, worker, demo):
     app.command()(command)
 
 

@@ -17,7 +17,13 @@ from otto_farm.plan import batches
 from otto_farm.settings import Settings
 from otto_farm.store import Store
 
-EXIT_CODES = {RunStatus.passed: 0, RunStatus.failed: 1, RunStatus.budget_exceeded: 1, RunStatus.error: 3}
+EXIT_CODES = {
+    RunStatus.passed: 0,
+    RunStatus.failed: 1,
+    RunStatus.budget_exceeded: 1,
+    RunStatus.cancelled: 1,
+    RunStatus.error: 3,
+}
 
 
 @exits_cleanly

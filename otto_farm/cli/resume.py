@@ -1,0 +1,13 @@
+"""`otto-farm resume`: send again what a run waits for and may have lost (a chord, a callback, the pilot)."""
+
+from __future__ import annotations
+
+from otto_farm import coordinator
+from otto_farm.cli.common import RunId, connected, console, exits_cleanly
+
+
+@exits_cleanly
+def resume(run_id: RunId) -> None:
+    """Re-dispatch the current batch's lost jobs; finished tasks are not run again."""
+    with connected() as (store, _):
+        console.print(f"run {run_id}: {coordinator.resume(store, run_id)}")

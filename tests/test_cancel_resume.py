@@ -1,0 +1,115 @@
+"""cancel stops a run and its jobs; resume re-sends what a run lost, without redoing finished work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from otto_farm import coordinator, taskset
+from otto_farm.celery_app import app
+from otto_farm.errors import InputError
+from otto_farm.models import RunStatus, TaskStatus
+
+from conftest import wait_for_run
+
+
+def wait_for(predicate, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z"
+
+
+def test_cancel_interrupts_running_jobs_and_dispatches_nothing_more(
+    make_repo, write_taskset, store, worker, tmp_path
+):
+    pidfile = tmp_path / "agent.pid"
+    loaded = taskset.load(
+        write_taskset(
+            {
+                "repo": str(make_repo()),
+                "verify": "true",
+                "agent": {"command": f"echo $$ > {pidfile}; sleep 60"},
+                "tasks": [
+                    {"key": "slow", "prompt": "p"},
+                    {"key": "next", "prompt": "p", "depends_on": ["slow"]},
+                ],
+            }
+        )
+    )
+    run_id = coordinator.start(store, loaded).run_id
+    wait_for(pidfile.exists)
+    agent_pid = int(pidfile.read_text())
+    record = coordinator.cancel(store, run_id)
+    assert record.status is RunStatus.cancelled
+    assert {k: s.status for k, s in record.tasks.items()} == {
+        "slow": TaskStatus.skipped,
+        "next": TaskStatus.skipped,
+    }
+    wait_for(lambda: gone(agent_pid))  # the job's agent process group went down with it
+    wait_for(lambda: store.get(run_id).tasks["slow"].results != [])  # the job ended and reported
+    time.sleep(1)
+    after = store.get(run_id)
+    assert after.status is RunStatus.cancelled and len(after.batches) == 1
+    with pytest.raises(InputError, match="has already ended"):
+        coordinator.cancel(store, run_id)
+
+
+def test_resume_resends_a_lost_batch_without_rerunning_finished_tasks(
+    make_repo, write_taskset, store, worker, tmp_path, monkeypatch, settings
+):
+    log = tmp_path / "runs.log"
+    loaded = taskset.load(
+        write_taskset(
+            {
+                "repo": str(make_repo()),
+                "verify": "true",
+                "agent": {
+                    "command": f"echo $OTTO_FARM_TASK_KEY >> {log}; echo $RANDOM > $OTTO_FARM_TASK_KEY.txt"
+                },
+                "tasks": [
+                    {"key": "a", "prompt": "p"},
+                    {"key": "b", "prompt": "p"},
+                    {"key": "c", "prompt": "p", "depends_on": ["a"]},
+                ],
+            }
+        )
+    )
+    # The broker loses the first chord: it is recorded as dispatched but never sent.
+    monkeypatch.setattr(coordinator, "chord", lambda header: lambda callback: None)
+    run_id = coordinator.start(store, loaded).run_id
+    monkeypatch.undo()
+    # One of its jobs did run (say, before the loss) and stored its result.
+    app.signature("otto_farm.run_task", args=(run_id, "a", 1, 0)).apply_async().get(timeout=30)
+    assert coordinator.resume(store, run_id) == "re-sent batch 1: 1 of 2 jobs to run"
+    record = wait_for_run(store, run_id)
+    assert record.status is RunStatus.passed
+    assert sorted(log.read_text().split()) == ["a", "b", "c"]  # a ran once, not again on resume
+    with pytest.raises(InputError, match="has already ended"):
+        coordinator.resume(store, run_id)
+    for command in ("cancel", "resume"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "otto_farm", command, run_id],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **settings.env()},
+            timeout=60,
+        )
+        assert (
+            proc.returncode == 2
+            and proc.stderr.strip() == f"otto-farm: run: {run_id}: has already ended (passed)"
+        )
