@@ -6,6 +6,7 @@ import typer
 
 from otto_farm.cli.cancel import cancel
 from otto_farm.cli.demo import demo
+from otto_farm.cli.flower import flower
 from otto_farm.cli.logs import logs
 from otto_farm.cli.resume import resume
 from otto_farm.cli.runs import runs
@@ -21,7 +22,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for command in (submit, status, runs, logs, cancel, resume, up, down, worker, demo):
+for command in (submit, status, runs, logs, cancel, resume, up, down, worker, flower, demo):
     app.command()(command)
 
 
