@@ -10,8 +10,6 @@ import json
 import time
 from typing import Any, Literal, Protocol, cast
 
-import anthropic
-from anthropic.types import ToolChoiceToolParam, ToolParam
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from otto_farm import pricing, shell
@@ -86,6 +84,9 @@ class AnthropicClient:
     def call(
         self, *, model: str, system: str, prompt: str, tool: dict[str, Any], timeout_s: float
     ) -> LLMReply:
+        import anthropic  # here, not at the top: the SDK takes seconds to import, and the CLI never needs it
+        from anthropic.types import ToolChoiceToolParam, ToolParam
+
         client = anthropic.Anthropic(timeout=timeout_s, max_retries=2)  # the SDK retries 429/5xx itself
         choice: ToolChoiceToolParam = {"type": "tool", "name": tool["name"]}
         with client:
@@ -218,9 +219,7 @@ def ask(record: RunRecord, index: int, client: LLMClient) -> PilotAnswer:
         answer.raw = json.dumps(reply.tool_input) if reply.tool_input is not None else reply.text
         if reply.tool_input is None:
             answer.error = "no tool call in the answer"
-    except anthropic.APIError as exc:  # the SDK's retries are spent, or the answer never came
-        answer.error = f"{type(exc).__name__}: {exc}"
-    except Exception as exc:  # the job boundary: a broken pilot must not stop the run
+    except Exception as exc:  # API errors once the SDK's retries are spent, or anything else: never fatal
         answer.error = f"{type(exc).__name__}: {exc}"
     answer.duration_s = round(time.monotonic() - start, 3)
     return answer

@@ -14,7 +14,9 @@ from pathlib import Path
 
 # Never handed to agents or verify commands: they run code we did not write.
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
-SECRET_NAMES = frozenset({"OTTO_FARM_BROKER_URL", "OTTO_FARM_RESULT_BACKEND", "OTTO_FARM_STORE_URL"})
+SECRET_NAMES = frozenset(
+    {"OTTO_FARM_BROKER_URL", "OTTO_FARM_RESULT_BACKEND", "OTTO_FARM_STORE_URL", "OTTO_FARM_FLOWER_BASIC_AUTH"}
+)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from otto_farm import shell
-from otto_farm.agents import AgentRequest, AnthropicAgent, anthropic_agent
+from otto_farm.agents import AgentRequest, anthropic_agent
+from otto_farm.agents.anthropic_agent import AnthropicAgent
 from otto_farm.models import AgentConfig, RunStatus, TaskStatus
 from otto_farm.scripted_server import ScriptedReply
 

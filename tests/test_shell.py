@@ -80,6 +80,7 @@ def test_safe_env_drops_secrets(monkeypatch):
         "OTTO_FARM_BROKER_URL": "redis://:pw@host/0",
         "OTTO_FARM_RESULT_BACKEND": "redis://:pw@host/1",
         "OTTO_FARM_STORE_URL": "redis://:pw@host/2",
+        "OTTO_FARM_FLOWER_BASIC_AUTH": "admin:pw",
         "DB_PASSWORD": "hunter2",
         "GITHUB_TOKEN": "ghp_1",
         "aws_secret_access_key": "abc",

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from otto_farm.agents.anthropic_agent import AnthropicAgent
 from otto_farm.agents.base import Agent, AgentOutcome, AgentRequest
 from otto_farm.agents.command import CommandAgent
 from otto_farm.models import AgentConfig
 
-AGENTS: dict[str, Callable[[], Agent]] = {"command": CommandAgent, "anthropic": AnthropicAgent}
+
+def _anthropic_agent() -> Agent:
+    # Imported on first use: the anthropic SDK takes seconds to import, which every CLI call would pay.
+    from otto_farm.agents.anthropic_agent import AnthropicAgent
+
+    return AnthropicAgent()
+
+
+AGENTS: dict[str, Callable[[], Agent]] = {"command": CommandAgent, "anthropic": _anthropic_agent}
 
 
 def get_agent(config: AgentConfig) -> Agent:
