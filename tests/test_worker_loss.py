@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -43,10 +44,8 @@ def test_killed_pool_process_has_its_job_redelivered(make_repo, write_taskset, r
         record = run_taskset(path)
     finally:
         killer.join()
-        try:
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError, ValueError):
             os.killpg(int(agent_pid.read_text()), signal.SIGKILL)  # the first delivery's orphaned agent
-        except (ProcessLookupError, FileNotFoundError, ValueError):
-            pass
     assert record.status is RunStatus.passed
     victim = record.tasks["victim"]
     assert victim.status is TaskStatus.passed and victim.runs == 1 and len(victim.results) == 1
