@@ -290,10 +290,10 @@ def _advance(store: Store, record: RunRecord, index: int) -> None:
 
 
 def cancel(store: Store, run_id: str) -> RunRecord:
-    """End a running run as cancelled: nothing more is dispatched, and its running jobs are interrupted.
+    """End a running run as cancelled: nothing more is dispatched, and its running jobs stop.
 
-    The jobs get Celery's soft-time-limit signal, so each one kills its agent's or verify command's
-    process group on the way out, as on a timeout; their results no longer move the run.
+    Each running job polls the run's cancel mark while its commands run and then kills their process
+    group, as on a timeout; a job not yet started ends at once. Their results no longer move the run.
     """
     with store.lock(run_id, CALLBACK_LOCK_S):
 
@@ -306,10 +306,7 @@ def cancel(store: Store, run_id: str) -> RunRecord:
                     state.status, state.reason = TaskStatus.skipped, "run cancelled"
 
         record = store.update(run_id, change)
-    if record.batches:
-        batch = record.batches[-1]
-        ids = [job_id(run_id, batch.index, k, record.tasks[k].runs) for k in batch.tasks]
-        app.control.revoke(ids, terminate=True, signal="SIGUSR1")
+        store.request_cancel(run_id)
     store.emit(run_id, "run_finished", status=RunStatus.cancelled.value, sha=record.integration_sha)
     return record
 

@@ -30,3 +30,7 @@ class GitError(OttoFarmError):
 
 class InfrastructureError(OttoFarmError):
     """Broker, store or worker trouble: not the user's input, not a task's code."""
+
+
+class Cancelled(OttoFarmError):
+    """The run was cancelled while this job ran: it stops where it is."""

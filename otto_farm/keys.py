@@ -20,6 +20,11 @@ def batch_lock_key(run_id: str) -> str:
     return f"{PREFIX}:run:{run_id}:lock"
 
 
+def cancel_key(run_id: str) -> str:
+    """Present once the run is cancelled: running jobs poll it and stop their commands."""
+    return f"{PREFIX}:run:{run_id}:cancelled"
+
+
 def runs_index_key() -> str:
     """Sorted set of run ids, scored by creation time."""
     return f"{PREFIX}:runs"

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,10 @@ SECRET_NAMES = frozenset(
 )
 
 
+STOP_POLL_S = 0.5
+Stop = Callable[[], bool]
+
+
 @dataclass(frozen=True)
 class ShellResult:
     exit_code: int
@@ -26,6 +31,7 @@ class ShellResult:
     stderr: str
     timed_out: bool
     duration_s: float
+    stopped: bool = False  # `stop` said so before the command ended
 
 
 def safe_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -56,8 +62,10 @@ def run(
     stdin: str | None = None,
     split_stderr: bool = False,
     max_output_chars: int = 200_000,
+    stop: Stop | None = None,
 ) -> ShellResult:
-    """Run `command` through bash; on timeout (or any exception) kill its whole process group."""
+    """Run `command` through bash; on timeout, on `stop()` (asked twice a second) or on any exception,
+    kill its whole process group."""
     start = time.monotonic()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(
@@ -69,11 +77,23 @@ def run(
             stderr=err if split_stderr else subprocess.STDOUT,
             start_new_session=True,
         )
-        timed_out = False
+        timed_out = stopped = False
+        deadline = start + max(timeout_s, 0.01)
+        data = stdin.encode() if stdin is not None else None
         try:
-            proc.communicate(stdin.encode() if stdin is not None else None, timeout=max(timeout_s, 0.01))
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            while True:
+                wait_s = deadline - time.monotonic()
+                try:
+                    proc.communicate(data, timeout=min(wait_s, STOP_POLL_S) if stop else wait_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    data = None  # sent already: communicate() keeps feeding it
+                    if time.monotonic() >= deadline:
+                        timed_out = True
+                        break
+                    if stop is not None and stop():
+                        stopped = True
+                        break
         finally:
             _kill_group(proc)
         out.seek(0)
@@ -81,11 +101,12 @@ def run(
         output = out.read().decode(errors="replace")
         stderr = err.read().decode(errors="replace")
     return ShellResult(
-        exit_code=proc.returncode if not timed_out else -signal.SIGKILL,
+        exit_code=proc.returncode if not (timed_out or stopped) else -signal.SIGKILL,
         output=tail(output, max_output_chars),
         stderr=tail(stderr, max_output_chars),
         timed_out=timed_out,
         duration_s=time.monotonic() - start,
+        stopped=stopped,
     )
 
 

@@ -15,6 +15,7 @@ from otto_farm.errors import InfrastructureError, InputError
 from otto_farm.models import RunRecord
 
 EVENTS_MAXLEN = 10_000
+CANCEL_TTL_S = 7 * 24 * 3600  # long after any job of the run could still be running
 
 
 def new_run_id() -> str:
@@ -86,6 +87,12 @@ class Store:
         """Events after the id `after`; with `block_ms`, wait that long for the first new one."""
         reply = cast(list[Any], self.redis.xread({keys.events_key(run_id): after}, block=block_ms))
         return [(eid, data) for _, entries in reply for eid, data in entries] if reply else []
+
+    def request_cancel(self, run_id: str) -> None:
+        self.redis.set(keys.cancel_key(run_id), "1", ex=CANCEL_TTL_S)
+
+    def cancel_requested(self, run_id: str) -> bool:
+        return bool(self.redis.exists(keys.cancel_key(run_id)))
 
     def lock(self, run_id: str, timeout_s: float) -> Any:
         """A lease serialising a run's batch callbacks; expires if its holder dies."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from otto_farm import gitops, prompt, shell, verify
 from otto_farm.agents import AgentRequest, get_agent
-from otto_farm.errors import GitError
+from otto_farm.errors import Cancelled, GitError
 from otto_farm.models import Attempt, RunRecord, RunStatus, TaskResult, TaskStatus, Usage
 from otto_farm.store import Store
 
@@ -32,6 +32,7 @@ class _Job:
     run_no: int
     batch: int
     deadline: float
+    stop: shell.Stop
     attempts: list[Attempt] = field(default_factory=list)
     setup_files: list[str] = field(default_factory=list)  # what setup created: never committed
     usage: Usage = field(default_factory=Usage)
@@ -58,10 +59,16 @@ def run(
         return stored
     store.emit(run_id, "task_started", task=key, batch=batch, run=run_no, worker=worker)
     started = time.monotonic()
-    job = _Job(record, key, run_no, batch, deadline=started + record.taskset.timeout_s)
+    job = _Job(
+        record, key, run_no, batch, started + record.taskset.timeout_s, lambda: store.cancel_requested(run_id)
+    )
     result = error_result(run_id, key, run_no, batch, worker, base_sha=record.batches[batch].base_sha)
     try:
+        if job.stop():
+            raise Cancelled()
         _execute(job, work_dir, result, progress or (lambda phase, attempt: None))
+    except Cancelled:
+        result.status, result.error_code, result.error = TaskStatus.error, "cancelled", "run cancelled"
     except GitError as exc:
         result.status, result.error_code, result.error = TaskStatus.error, "git_error", str(exc)[-2000:]
     except timeout_errors:
@@ -155,7 +162,11 @@ def _execute(job: _Job, work_dir: Path, result: TaskResult, progress: Progress) 
 
 def _setup(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, progress: Progress) -> bool:
     progress("setup", 0)
-    res = shell.run(job.record.taskset.setup or "", cwd=wt, timeout_s=job.remaining_s(), env=env)
+    res = shell.run(
+        job.record.taskset.setup or "", cwd=wt, timeout_s=job.remaining_s(), env=env, stop=job.stop
+    )
+    if res.stopped:
+        raise Cancelled()
     if res.exit_code == 0:
         job.setup_files = gitops.untracked(wt)
         return True
@@ -191,8 +202,11 @@ def _attempts(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, prog
                 task_key=key,
                 attempt=n,
                 previous_failure=failure,
+                should_stop=job.stop,
             )
         )
+        if outcome.stop_reason == "cancelled":
+            raise Cancelled()
         attempt = Attempt(
             number=n,
             agent_exit_code=outcome.exit_code,
@@ -223,7 +237,9 @@ def _attempts(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, prog
             continue
         gitops.commit_all(wt, f"otto-farm: {key} (run {job.run_no}, attempt {n})", exclude=job.setup_files)
         progress("verify", n)
-        res = shell.run(verify_cmd, cwd=wt, timeout_s=job.remaining_s(), env=env)
+        res = shell.run(verify_cmd, cwd=wt, timeout_s=job.remaining_s(), env=env, stop=job.stop)
+        if res.stopped:
+            raise Cancelled()
         attempt.verify_exit_code = res.exit_code
         attempt.verify_output = shell.tail(res.output, ATTEMPT_OUTPUT_CHARS)
         attempt.duration_s = round(time.monotonic() - attempt_start, 3)

@@ -60,8 +60,9 @@ def test_cancel_interrupts_running_jobs_and_dispatches_nothing_more(
         "slow": TaskStatus.skipped,
         "next": TaskStatus.skipped,
     }
-    wait_for(lambda: gone(agent_pid))  # the job's agent process group went down with it
+    wait_for(lambda: gone(agent_pid))  # the job saw the cancel mark and took its agent's group down
     wait_for(lambda: store.get(run_id).tasks["slow"].results != [])  # the job ended and reported
+    assert store.get(run_id).tasks["slow"].results[0].error_code == "cancelled"
     time.sleep(1)
     after = store.get(run_id)
     assert after.status is RunStatus.cancelled and len(after.batches) == 1

@@ -109,3 +109,17 @@ def test_run_uses_the_safe_env_by_default(monkeypatch, tmp_path):
     assert "sk-ant-secret" not in res.output
     assert "VISIBLE_SETTING=shown" in res.output
     assert res.output.splitlines()[-1] == str(Path(sys.executable).parent / "python")
+
+
+def test_stop_ends_the_command_and_its_group(tmp_path):
+    pidfile = tmp_path / "bg.pid"
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return pidfile.exists()
+
+    started = time.monotonic()
+    res = run(f"sleep 30 & echo $! > {pidfile}; wait", cwd=tmp_path, timeout_s=60, stop=stop)
+    assert res.stopped and not res.timed_out and time.monotonic() - started < 10
+    assert asked and gone_soon(int(pidfile.read_text()))

@@ -38,7 +38,7 @@ class AnthropicAgent:
         cfg = request.config
         model = cfg.model or pricing.default_model()
         deadline = time.monotonic() + request.timeout_s
-        workspace = Workspace(root=request.worktree, env=request.env)
+        workspace = Workspace(root=request.worktree, env=request.env, stop=request.should_stop)
         if not self.messages:
             self.messages.append({"role": "user", "content": request.prompt})
         else:
@@ -49,6 +49,9 @@ class AnthropicAgent:
         # tools get the scrubbed request.env only.
         with anthropic.Anthropic(max_retries=4) as client:
             for _ in range(cfg.max_turns):
+                if request.should_stop is not None and request.should_stop():
+                    outcome.ok, outcome.stop_reason, outcome.error = False, "cancelled", "run cancelled"
+                    break
                 if (stop := _limit_reached(cfg, self.total, deadline)) is not None:
                     outcome.stop_reason = stop
                     break

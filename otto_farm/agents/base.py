@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +23,7 @@ class AgentRequest:
     # The previous attempt's failure alone: an agent that keeps its conversation across attempts of one
     # job (one agent object serves them all) adds just this, so it reads its own error first-hand.
     previous_failure: str | None = None
+    should_stop: Callable[[], bool] | None = None  # true once the run is cancelled: stop now
 
 
 @dataclass

@@ -54,6 +54,7 @@ class CommandAgent:
                 stdin=request.prompt,
                 split_stderr=True,
                 max_output_chars=PARSED_OUTPUT_CHARS if parses else OUTPUT_CHARS,
+                stop=request.should_stop,
             )
         parsed = presets.parse_output(preset.output, res.output) if preset else None
         return _outcome(res, parsed, request.timeout_s)
@@ -75,6 +76,8 @@ def _outcome(res: shell.ShellResult, parsed: ParsedOutput | None, timeout_s: flo
         + (f"\n[stderr]\n{shell.tail(res.stderr, OUTPUT_CHARS)}" if res.stderr else ""),
         usage=parsed.usage if parsed else Usage(),  # a failed run's tokens were spent all the same
     )
+    if res.stopped:
+        return replace(done, ok=False, stop_reason="cancelled", error="run cancelled")
     if res.timed_out:
         return replace(
             done, ok=False, stop_reason="timeout", error=f"agent command timed out after {timeout_s:.0f}s"

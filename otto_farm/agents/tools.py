@@ -29,6 +29,7 @@ class Workspace:
     env: dict[str, str]  # already scrubbed of secrets by the caller
     command_timeout_s: float = 120
     output_chars: int = 30_000
+    stop: shell.Stop | None = None  # ends a running command once the run is cancelled
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
@@ -98,6 +99,7 @@ class Workspace:
             timeout_s=self.command_timeout_s,
             env=self.env,
             max_output_chars=self.output_chars,
+            stop=self.stop,
         )
         if res.timed_out:
             raise ToolError(f"command timed out after {self.command_timeout_s:g} s; output:\n{res.output}")
