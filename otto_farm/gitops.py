@@ -131,8 +131,13 @@ def reset(worktree: Path, branch: str, sha: str) -> None:
 
 
 def release(worktree: Path) -> None:
-    """Detach so the branch is free for another slot; the next job resets the tree anyway."""
-    git(["checkout", "-q", "-f", "--detach"], cwd=worktree, check=False)
+    """Detach HEAD so the branch is free for another slot; the next job resets the tree anyway.
+
+    Only HEAD moves: a checkout would stat every file of the tree again for nothing.
+    """
+    sha = git(["rev-parse", "HEAD"], cwd=worktree, check=False).strip()
+    if sha:
+        git(["update-ref", "--no-deref", "HEAD", sha], cwd=worktree, check=False)
 
 
 def untracked(worktree: Path) -> list[str]:
