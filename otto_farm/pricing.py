@@ -30,3 +30,15 @@ def cost_usd(model: str, usage: Usage) -> float:
         + t["cache_write_multiplier"] * usage.cache_write_tokens
     )
     return round(float(input_tokens * price["input"] + usage.output_tokens * price["output"]) / 1e6, 6)
+
+
+def api_usage(model: str, u: Any) -> Usage:
+    """The Messages API's usage block of one response as a Usage, with its cost."""
+    usage = Usage(
+        input_tokens=u.input_tokens,
+        output_tokens=u.output_tokens,
+        cache_read_tokens=u.cache_read_input_tokens or 0,
+        cache_write_tokens=u.cache_creation_input_tokens or 0,
+    )
+    usage.cost_usd = cost_usd(model, usage)
+    return usage

@@ -74,7 +74,7 @@ class AnthropicAgent:
                     outcome.ok, outcome.stop_reason, outcome.infrastructure = False, "error", True
                     outcome.error = f"Anthropic API: {type(exc).__name__}: {exc}"[:2000]
                     break
-                usage = _usage(model, response.usage)
+                usage = pricing.api_usage(model, response.usage)
                 outcome.usage, self.total = outcome.usage + usage, self.total + usage
                 content = [block.model_dump(exclude_none=True) for block in response.content]
                 self.messages.append({"role": "assistant", "content": content})
@@ -114,17 +114,6 @@ def _limit_reached(cfg: Any, total: Usage, deadline: float) -> str | None:
     if cfg.max_cost_usd is not None and total.cost_usd >= cfg.max_cost_usd:
         return "max_cost"
     return None
-
-
-def _usage(model: str, u: Any) -> Usage:
-    usage = Usage(
-        input_tokens=u.input_tokens,
-        output_tokens=u.output_tokens,
-        cache_read_tokens=u.cache_read_input_tokens or 0,
-        cache_write_tokens=u.cache_creation_input_tokens or 0,
-    )
-    usage.cost_usd = pricing.cost_usd(model, usage)
-    return usage
 
 
 def _run_tool(

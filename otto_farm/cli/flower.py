@@ -12,7 +12,7 @@ import typer
 from kombu.utils.url import maybe_sanitize_url
 
 from otto_farm.cli.common import console, exits_cleanly
-from otto_farm.embedded import Embedded
+from otto_farm.embedded import reachable
 from otto_farm.errors import InputError
 from otto_farm.settings import ENV_PREFIX, Settings
 
@@ -90,14 +90,7 @@ def flower(
             f"{address or 'every interface'} is beyond loopback: set {BASIC_AUTH_ENV}=user:password first "
             "(an open Flower is CVE-2022-30034)",
         )
-    settings = Settings.load()
-    if settings.embedded:
-        farm = Embedded(settings)
-        if not farm.redis_up():
-            raise InputError(
-                "OTTO_FARM_BROKER_URL", "", "not set, and no embedded farm is up (`otto-farm up`)"
-            )
-        settings = farm.settings
+    settings = reachable(Settings.load())
     env = {k: v for k, v in os.environ.items() if not k.startswith(FLOWER_ENV_PREFIX)}
     env.update(settings.env())
     if auth:

@@ -10,8 +10,7 @@ import typer
 
 from otto_farm.celery_app import QUEUES, worker_argv
 from otto_farm.cli.common import exits_cleanly
-from otto_farm.embedded import Embedded
-from otto_farm.errors import InputError
+from otto_farm.embedded import reachable
 from otto_farm.settings import Settings
 
 
@@ -23,13 +22,6 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Run a Celery worker (replaces this process) on the configured broker or the running embedded one."""
-    settings = Settings.load()
-    if settings.embedded:
-        farm = Embedded(settings)
-        if not farm.redis_up():
-            raise InputError(
-                "OTTO_FARM_BROKER_URL", "", "not set, and no embedded farm is up (`otto-farm up`)"
-            )
-        settings = farm.settings
+    settings = reachable(Settings.load())
     argv = worker_argv(queues.split(","), concurrency, hostname, loglevel)
     os.execve(sys.executable, argv, {**os.environ, **settings.env()})
