@@ -174,13 +174,16 @@ def finish_batch(
             if (s := record.tasks[k]).status is TaskStatus.passed and s.last and s.last.commit_sha
         ]
         try:
-            outcome = gitops.merge(
-                gitops.RepoCache(work_dir, record.repo),
-                record.integration_branch,
-                batch.base_sha,
-                record.base,
-                candidates,
-            )
+            if candidates or index == 0:  # the first batch creates the integration branch
+                outcome = gitops.merge(
+                    gitops.RepoCache(work_dir, record.repo),
+                    record.integration_branch,
+                    batch.base_sha,
+                    record.base,
+                    candidates,
+                )
+            else:  # nothing to merge: the branch stays where the last batch left it
+                outcome = gitops.MergeOutcome(sha=batch.base_sha)
         except Exception as exc:  # the callback boundary: the run ends as an infrastructure error
             fail(store, run_id, f"merging batch {index} failed: {exc}")
             return

@@ -168,3 +168,30 @@ def test_what_setup_creates_is_not_committed(make_repo, write_taskset, run_tasks
     files = branch_files(repo, record.integration_branch)
     assert "feature.txt" in files
     assert not {".venv/lib/site.py", "deps.lock"} & files
+
+
+def test_batch_with_nothing_to_merge_leaves_the_integration_branch_where_it_was(
+    make_repo, write_taskset, run_taskset
+):
+    repo = make_repo()
+    record = run_taskset(
+        write_taskset(
+            {
+                "repo": str(repo),
+                "max_attempts": 1,
+                "max_task_runs": 1,
+                "verify": "test -f a.txt",
+                "agent": {"command": "touch $OTTO_FARM_TASK_KEY.txt"},
+                "tasks": [
+                    {"key": "a", "prompt": "p"},
+                    {"key": "b", "prompt": "p", "depends_on": ["a"], "verify": "false"},
+                    {"key": "c", "prompt": "p", "depends_on": ["b"]},
+                ],
+            }
+        )
+    )
+    assert record.status is RunStatus.failed
+    first, second = record.batches
+    assert second.merged_sha == first.merged_sha == record.integration_sha
+    assert git(["rev-parse", record.integration_branch], cwd=repo).strip() == first.merged_sha
+    assert record.tasks["c"].status is TaskStatus.skipped
