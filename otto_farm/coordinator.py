@@ -28,6 +28,8 @@ from otto_farm.taskset import LoadedTaskSet
 # Beyond the agent's own limit: time for git, verify start-up and reporting before Celery steps in.
 SOFT_LIMIT_GRACE_S, HARD_LIMIT_GRACE_S = 60, 120
 CALLBACK_LOCK_S = 900
+# How often a batch's reconciler looks for a chord whose callback never fired (celery#4207).
+RECONCILE_AFTER_S = 60.0
 
 
 def start(store: Store, loaded: LoadedTaskSet) -> RunRecord:
@@ -75,10 +77,34 @@ def dispatch_next(store: Store, run_id: str) -> RunRecord:
 
     record = store.update(run_id, change)
     _send_batch(record, record.batches[-1])
+    schedule_reconcile(run_id, len(record.batches) - 1)
     store.emit(
         run_id, "batch_started", batch=len(record.batches) - 1, tasks=",".join(record.batches[-1].tasks)
     )
     return record
+
+
+def schedule_reconcile(run_id: str, index: int) -> None:
+    app.send_task(
+        "otto_farm.reconcile", args=(run_id, index), queue=CONTROL_QUEUE, countdown=RECONCILE_AFTER_S
+    )
+
+
+def reconcile(store: Store, work_dir: Path, run_id: str, index: int) -> bool:
+    """Finish a running batch whose jobs all stored their results but whose callback never ran.
+
+    A chord can lose its callback (a header job delivered twice upsets its counter, celery#4207);
+    the results are in the run record all the same. Returns whether to look again later.
+    """
+    record = store.get(run_id)
+    batch = record.batches[index]
+    if record.status is not RunStatus.running or batch.status is not BatchStatus.running:
+        return False
+    if not all(any(r.run_no == record.tasks[k].runs for r in record.tasks[k].results) for k in batch.tasks):
+        return True
+    store.emit(run_id, "batch_reconciled", batch=index)
+    finish_batch(store, work_dir, run_id, index, [])  # a no-op if the callback got there first
+    return False
 
 
 def job_id(run_id: str, batch: int, key: str, run_no: int) -> str:

@@ -75,3 +75,10 @@ def pilot_job(run_id: str, batch: int) -> dict[str, Any]:
 def apply_pilot(answer: dict[str, Any], run_id: str, batch: int) -> None:
     """Apply the pilot's answer (or the replan, if it is unusable) and move the run on."""
     coordinator.apply_pilot(_store(), run_id, batch, PilotAnswer.model_validate(answer))
+
+
+@app.task(name="otto_farm.reconcile")
+def reconcile(run_id: str, batch: int) -> None:
+    """Advance a batch whose chord callback was lost; look again later while its jobs still run."""
+    if coordinator.reconcile(_store(), _settings().resolved_work_dir, run_id, batch):
+        coordinator.schedule_reconcile(run_id, batch)

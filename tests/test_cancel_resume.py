@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from celery import group
 
 from otto_farm import coordinator, taskset
 from otto_farm.celery_app import app
@@ -114,3 +115,30 @@ def test_resume_resends_a_lost_batch_without_rerunning_finished_tasks(
             proc.returncode == 2
             and proc.stderr.strip() == f"otto-farm: run: {run_id}: has already ended (passed)"
         )
+
+
+def test_reconciler_advances_a_batch_whose_callback_never_fired(
+    make_repo, write_taskset, store, worker, monkeypatch
+):
+    loaded = taskset.load(
+        write_taskset(
+            {
+                "repo": str(make_repo()),
+                "verify": "true",
+                "agent": {"command": "touch $OTTO_FARM_TASK_KEY.txt"},
+                "tasks": [
+                    {"key": "a", "prompt": "p"},
+                    {"key": "b", "prompt": "p"},
+                    {"key": "c", "prompt": "p", "depends_on": ["a"]},
+                ],
+            }
+        )
+    )
+    # The first batch's jobs run and store their results, but its chord callback is lost.
+    monkeypatch.setattr(coordinator, "chord", lambda header: lambda callback: group(header).apply_async())
+    monkeypatch.setattr(coordinator, "RECONCILE_AFTER_S", 1.0)
+    run_id = coordinator.start(store, loaded).run_id
+    record = wait_for_run(store, run_id)
+    assert record.status is RunStatus.passed and len(record.batches) == 2
+    kinds = [e["kind"] for _, e in store.events(run_id)]
+    assert kinds.count("batch_reconciled") == 1 and kinds.count("batch_merged") == 2
