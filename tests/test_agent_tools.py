@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from pathlib import Path
 
 import pytest
 
 from otto_farm.agents.tools import TOOL_DEFINITIONS, ToolError, Workspace
 
+from conftest import gone_soon
+
 pytestmark = pytest.mark.timeout(30)
-
-
-def gone_soon(pid: int, within_s: float = 5.0) -> bool:
-    """Whether `pid` ends within the deadline; a zombie counts as gone (our PID 1 may never reap it)."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.fixture

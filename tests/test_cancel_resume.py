@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from celery import group
@@ -16,7 +15,7 @@ from otto_farm.celery_app import app
 from otto_farm.errors import InputError
 from otto_farm.models import RunStatus, TaskStatus
 
-from conftest import wait_for_run
+from conftest import gone_soon, wait_for_run
 
 
 def wait_for(predicate, timeout_s: float = 30) -> None:
@@ -24,15 +23,6 @@ def wait_for(predicate, timeout_s: float = 30) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z"
 
 
 def test_cancel_interrupts_running_jobs_and_dispatches_nothing_more(
@@ -61,7 +51,7 @@ def test_cancel_interrupts_running_jobs_and_dispatches_nothing_more(
         "slow": TaskStatus.skipped,
         "next": TaskStatus.skipped,
     }
-    wait_for(lambda: gone(agent_pid))  # the job saw the cancel mark and took its agent's group down
+    assert gone_soon(agent_pid, within_s=30)  # the job saw the cancel mark and took its agent's group down
     wait_for(lambda: store.get(run_id).tasks["slow"].results != [])  # the job ended and reported
     assert store.get(run_id).tasks["slow"].results[0].error_code == "cancelled"
     time.sleep(1)

@@ -14,7 +14,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,8 @@ from otto_farm.celery_app import CONTROL_QUEUE, PILOT_QUEUE, TASKS_QUEUE
 from otto_farm.cli.main import app
 from otto_farm.embedded import Embedded
 from otto_farm.settings import Settings
+
+from conftest import free_port
 
 ROOT = Path(__file__).parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -138,12 +139,6 @@ def test_procfile_names_the_four_processes_on_their_queues():
             assert ctx.info_name == "worker" and ctx.params["queues"] == QUEUE_OF[name]
         else:
             assert ctx.info_name == "flower" and ctx.params["address"] == "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

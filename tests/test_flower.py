@@ -6,7 +6,6 @@ import ast
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,15 +23,9 @@ from otto_farm.cli.flower import is_loopback, masked_url
 from otto_farm.cli.main import app
 from otto_farm.settings import Settings
 
-from conftest import Worker
+from conftest import Worker, free_port
 
 USER, PASSWORD = "otto", "flower-test-pw"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def clean_env(**extra: str) -> dict[str, str]:

