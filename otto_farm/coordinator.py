@@ -21,7 +21,7 @@ from otto_farm.models import (
     TaskStatus,
     utcnow,
 )
-from otto_farm.plan import batches, replan
+from otto_farm.plan import initial, replan
 from otto_farm.store import Store, new_run_id
 from otto_farm.taskset import LoadedTaskSet
 
@@ -47,7 +47,7 @@ def start(store: Store, loaded: LoadedTaskSet) -> RunRecord:
         base_sha=loaded.base_sha,
         integration_branch=ts.integration_branch or f"otto-farm/{run_id}/integration",
         tasks={t.key: TaskState(key=t.key) for t in ts.tasks},
-        plan=batches([t.key for t in ts.tasks], {t.key: t.depends_on for t in ts.tasks}, ts.max_batch_size),
+        plan=initial(ts),
     )
     store.create(record)
     return dispatch_next(store, run_id)

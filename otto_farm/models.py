@@ -69,6 +69,10 @@ class TaskSet(Strict):
     budget: BudgetConfig = BudgetConfig()
     tasks: list[TaskSpec] = Field(min_length=1)
 
+    def dependencies(self) -> dict[str, list[str]]:
+        """Task key → the keys it depends on, in file order."""
+        return {t.key: t.depends_on for t in self.tasks}
+
     def task(self, key: str) -> TaskSpec:
         return next(t for t in self.tasks if t.key == key)
 

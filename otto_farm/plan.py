@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from otto_farm.errors import OttoFarmError
-from otto_farm.models import FAILED_STATUSES, Decision, RunRecord, TaskStatus
+from otto_farm.models import FAILED_STATUSES, Decision, RunRecord, TaskSet, TaskStatus
 
 
 class DependencyCycle(OttoFarmError):
@@ -57,6 +57,11 @@ def batches(
     return out
 
 
+def initial(ts: TaskSet) -> list[list[str]]:
+    """A task set's batches before anything has run."""
+    return batches([t.key for t in ts.tasks], ts.dependencies(), ts.max_batch_size)
+
+
 def retry_guidance(record: RunRecord, key: str) -> str:
     """What the replan hands a retried task; its own verify output reaches it first-hand (prompt.py)."""
     state = record.tasks[key]
@@ -85,7 +90,7 @@ def settle(record: RunRecord, decision: Decision) -> Decision:
     one is skipped too, and so on down its dependents. What is left becomes the default batches.
     """
     ts = record.taskset
-    deps = {t.key: t.depends_on for t in ts.tasks}
+    deps = ts.dependencies()
     lost = set(decision.skip) | {
         k
         for k, s in record.tasks.items()

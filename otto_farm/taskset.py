@@ -103,7 +103,7 @@ def _check_tasks(ts: TaskSet, source: str) -> None:
         for dep in task.depends_on:
             if dep not in seen:
                 raise InputError(source, f"tasks[{i}].depends_on", f"unknown task {dep!r}")
-    if cycle := find_cycle({t.key: t.depends_on for t in ts.tasks}):
+    if cycle := find_cycle(ts.dependencies()):
         raise InputError(source, "tasks.depends_on", "dependency cycle: " + " -> ".join(cycle))
     for i, task in enumerate(ts.tasks):
         field = "agent" if task.agent is None else f"tasks[{i}].agent"

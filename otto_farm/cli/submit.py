@@ -13,7 +13,7 @@ from otto_farm.cli.common import Workers, connected, console, exits_cleanly, sum
 from otto_farm.embedded import Embedded
 from otto_farm.errors import InfrastructureError, InputError
 from otto_farm.models import RunRecord, RunStatus
-from otto_farm.plan import batches
+from otto_farm.plan import initial
 from otto_farm.settings import Settings
 from otto_farm.store import Store
 
@@ -45,7 +45,7 @@ def submit(
         loaded = dataclasses.replace(loaded, taskset=off)
     if dry_run:
         ts = loaded.taskset
-        plan = batches([t.key for t in ts.tasks], {t.key: t.depends_on for t in ts.tasks}, ts.max_batch_size)
+        plan = initial(ts)
         console.print(
             f"{file}: {len(ts.tasks)} tasks in {len(plan)} batches on {loaded.repo} ({loaded.base})"
         )
