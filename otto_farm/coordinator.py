@@ -190,9 +190,15 @@ def finish_batch(
             or current.batches[index].status is not BatchStatus.running
         ):
             return  # a redelivered callback, or a cancelled run
-        for raw in results:
-            taskrun.save_result(store, TaskResult.model_validate(raw))
-        record = store.get(run_id)
+        # The jobs stored their own results; only one whose store write failed is missing here.
+        missing = [
+            result
+            for result in map(TaskResult.model_validate, results)
+            if not any(r.run_no == result.run_no for r in current.tasks[result.task_key].results)
+        ]
+        for result in missing:
+            taskrun.save_result(store, result)
+        record = store.get(run_id) if missing else current
         batch = record.batches[index]
         candidates = [
             (k, taskrun.branch_name(run_id, k))
