@@ -37,6 +37,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # Redis only (amqp ignores it): RabbitMQ's consumer_timeout plays this part (docs/deploy.md).
         "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
         "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
         "result_expires": 7 * 24 * 3600,
@@ -83,6 +84,9 @@ def worker_argv(
 def configure(settings: Settings) -> Celery:
     """Point the app at these settings; the CLI calls it once the embedded Redis (if any) is up."""
     app.conf.update(celery_config(settings))
+    # Celery caches its broker pools: left alone, they would still publish to the previous broker.
+    app._pool = None
+    app.amqp._producer_pool = None
     return app
 
 
