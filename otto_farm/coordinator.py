@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from celery import chain, chord
+from celery import Signature, chain, chord
 
-from otto_farm import gitops, pilot, taskrun
+from otto_farm import gitops, lease, pilot, taskrun
 from otto_farm.celery_app import CONTROL_QUEUE, PILOT_QUEUE, TASKS_QUEUE, app
 from otto_farm.errors import InputError
 from otto_farm.models import (
@@ -28,8 +28,6 @@ from otto_farm.taskset import LoadedTaskSet
 # Beyond the agent's own limit: time for git, verify start-up and reporting before Celery steps in.
 SOFT_LIMIT_GRACE_S, HARD_LIMIT_GRACE_S = 60, 120
 CALLBACK_LOCK_S = 900
-# How often a batch's reconciler looks for a chord whose callback never fired (celery#4207).
-RECONCILE_AFTER_S = 60.0
 
 
 def start(store: Store, loaded: LoadedTaskSet) -> RunRecord:
@@ -50,13 +48,21 @@ def start(store: Store, loaded: LoadedTaskSet) -> RunRecord:
         plan=initial(ts),
     )
     store.create(record)
-    return dispatch_next(store, run_id)
+    return dispatch_next(store, run_id, after=-1) or store.get(run_id)
 
 
-def dispatch_next(store: Store, run_id: str) -> RunRecord:
-    """Turn the next planned batch into a chord of run_task jobs with a batch_done callback."""
+def dispatch_next(store: Store, run_id: str, after: int) -> RunRecord | None:
+    """Turn the next planned batch into a chord of run_task jobs with a batch_done callback.
+
+    Only once batch `after` is the last one (-1: none yet), so the callback and the reconciler
+    cannot both dispatch it; None if it was dispatched already.
+    """
+    sent: list[bool] = []
 
     def change(record: RunRecord) -> None:
+        sent[:] = [len(record.batches) == after + 1 and record.status is RunStatus.running]
+        if not sent[0]:
+            return
         keys = record.plan.pop(0)
         prev = record.batches[-1] if record.batches else None
         record.batches.append(
@@ -76,56 +82,89 @@ def dispatch_next(store: Store, run_id: str) -> RunRecord:
             )
 
     record = store.update(run_id, change)
+    if not sent[0]:
+        return None
     _send_batch(record, record.batches[-1])
-    schedule_reconcile(run_id, len(record.batches) - 1)
     store.emit(
         run_id, "batch_started", batch=len(record.batches) - 1, tasks=",".join(record.batches[-1].tasks)
     )
     return record
 
 
-def schedule_reconcile(run_id: str, index: int) -> None:
-    app.send_task(
-        "otto_farm.reconcile", args=(run_id, index), queue=CONTROL_QUEUE, countdown=RECONCILE_AFTER_S
-    )
+def reconcile(store: Store, work_dir: Path, run_id: str) -> str | None:
+    """Move a run on where a lost job, callback or pilot left it waiting; says what it did, if anything.
 
-
-def reconcile(store: Store, work_dir: Path, run_id: str, index: int) -> bool:
-    """Finish a running batch whose jobs all stored their results but whose callback never ran.
-
-    A chord can lose its callback (a header job delivered twice upsets its counter, celery#4207);
-    the results are in the run record all the same. Returns whether to look again later.
+    Lost means: a job claimed and no longer leased (its worker died; lease.py), or every result stored
+    with the batch still running (the chord callback was lost, or never fired: celery#4207), or a batch
+    concluded with nothing dispatched after it. Everything done here is idempotent, so a sweep that
+    races the normal flow, or another sweep, changes nothing twice.
     """
     record = store.get(run_id)
-    batch = record.batches[index]
-    if record.status is not RunStatus.running or batch.status is not BatchStatus.running:
-        return False
-    if not all(any(r.run_no == record.tasks[k].runs for r in record.tasks[k].results) for k in batch.tasks):
-        return True
-    store.emit(run_id, "batch_reconciled", batch=index)
-    finish_batch(store, work_dir, run_id, index, [])  # a no-op if the callback got there first
-    return False
+    if record.status is not RunStatus.running:
+        store.retire(run_id)
+        return None
+    if not record.batches or record.batches[-1].status is BatchStatus.done:
+        if dispatch_next(store, run_id, after=len(record.batches) - 1) is None:
+            return None
+        return f"dispatched batch {len(record.batches) + 1}"
+    batch = record.batches[-1]
+    claimed = lease.claims(store.redis, run_id)
+    if batch.status is BatchStatus.deciding:
+        jid = pilot.job_id(run_id, batch.index)
+        if jid not in claimed or lease.alive(store.redis, jid):
+            return None
+        lease.drop_claim(store.redis, run_id, jid)
+        _send_pilot(record, batch.index)
+        store.emit(run_id, "pilot_resent", batch=batch.index)
+        return f"asked the pilot again after batch {batch.index + 1}"
+    missing = [k for k in batch.tasks if not _stored(record, k)]
+    if not missing:
+        store.emit(run_id, "batch_reconciled", batch=batch.index)
+        finish_batch(store, work_dir, run_id, batch.index, [])  # a no-op if the callback got there first
+        return f"finished batch {batch.index + 1}"
+    lost = [
+        (key, jid)
+        for key in missing
+        if (jid := taskrun.job_id(run_id, batch.index, key, record.tasks[key].runs)) in claimed
+        and not lease.alive(store.redis, jid)
+    ]
+    for key, jid in lost:
+        lease.drop_claim(store.redis, run_id, jid)
+        ended = app.AsyncResult(jid)
+        if ended.state == "FAILURE":  # Celery killed it (hard time limit): running it again would too
+            failed = taskrun.error_result(
+                run_id, key, record.tasks[key].runs, batch.index, "", error_code="job_killed"
+            )
+            failed.error = f"Celery ended the job: {ended.result!r}"[-2000:]
+            taskrun.save_result(store, failed)
+        else:  # its worker died: on its own, outside the chord; a later sweep finishes the batch
+            _job(record, batch.index, key).apply_async()
+            store.emit(run_id, "job_resent", batch=batch.index, task=key)
+    return f"looked after lost jobs {', '.join(k for k, _ in lost)}" if lost else None
 
 
-def job_id(run_id: str, batch: int, key: str, run_no: int) -> str:
-    """A job's Celery task id: readable in Flower, and known to `cancel` without asking anyone."""
-    return f"{run_id}.b{batch}.{key}.r{run_no}"
+def _stored(record: RunRecord, key: str) -> bool:
+    """Whether the task's current run has its result in the record."""
+    return any(r.run_no == record.tasks[key].runs for r in record.tasks[key].results)
+
+
+def _job(record: RunRecord, index: int, key: str) -> Signature:
+    """The run_task job of a task's current run in batch `index`."""
+    run_no, timeout_s = record.tasks[key].runs, record.taskset.timeout_s
+    return app.signature(
+        "otto_farm.run_task",
+        args=(record.run_id, key, run_no, index),
+        queue=TASKS_QUEUE,
+        task_id=taskrun.job_id(record.run_id, index, key, run_no),
+        soft_time_limit=timeout_s + SOFT_LIMIT_GRACE_S,
+        time_limit=timeout_s + HARD_LIMIT_GRACE_S,
+    )
 
 
 def _send_batch(record: RunRecord, batch: BatchRecord) -> None:
     """The batch's chord: one run_task per task (at its current run) and the batch_done callback."""
-    run_id, timeout_s = record.run_id, record.taskset.timeout_s
-    header = [
-        app.signature(
-            "otto_farm.run_task",
-            args=(run_id, key, record.tasks[key].runs, batch.index),
-            queue=TASKS_QUEUE,
-            task_id=job_id(run_id, batch.index, key, record.tasks[key].runs),
-            soft_time_limit=timeout_s + SOFT_LIMIT_GRACE_S,
-            time_limit=timeout_s + HARD_LIMIT_GRACE_S,
-        )
-        for key in batch.tasks
-    ]
+    run_id = record.run_id
+    header = [_job(record, batch.index, key) for key in batch.tasks]
     callback = app.signature(
         "otto_farm.batch_done",
         args=(run_id, batch.index),
@@ -144,7 +183,7 @@ def _send_pilot(record: RunRecord, index: int) -> None:
             "otto_farm.pilot",
             args=(run_id, index),
             queue=PILOT_QUEUE,
-            task_id=f"{run_id}.b{index}.pilot",
+            task_id=pilot.job_id(run_id, index),
             # The request and the SDK's two retries; past that Celery interrupts it, caught as an error.
             soft_time_limit=3 * timeout_s + SOFT_LIMIT_GRACE_S,
             time_limit=3 * timeout_s + HARD_LIMIT_GRACE_S,
@@ -258,6 +297,8 @@ def apply_pilot(store: Store, run_id: str, index: int, answer: PilotAnswer) -> N
             or current.batches[index].status is not BatchStatus.deciding
         ):
             return  # a redelivered answer (the first one was applied), or a cancelled run
+        if answer.superseded:
+            return  # a second delivery's: the one holding the pilot's lease answers
 
         def change(record: RunRecord) -> None:
             decision, entry = pilot.to_decision(record, answer)
@@ -319,7 +360,7 @@ def _advance(store: Store, record: RunRecord, index: int) -> None:
             batches=len(decision.batches),
         )
     if record.status is RunStatus.running:
-        dispatch_next(store, record.run_id)
+        dispatch_next(store, record.run_id, after=index)
     else:
         store.emit(record.run_id, "run_finished", status=record.status.value, sha=record.integration_sha)
 
@@ -356,13 +397,13 @@ def resume(store: Store, run_id: str) -> str:
     if record.status is not RunStatus.running:
         raise InputError("run", run_id, f"has already ended ({record.status.value})")
     if not record.batches or record.batches[-1].status is BatchStatus.done:
-        dispatch_next(store, run_id)
-        return f"dispatched batch {len(store.get(run_id).batches)}"
+        dispatch_next(store, run_id, after=len(record.batches) - 1)
+        return f"dispatched batch {len(record.batches) + 1}"
     batch = record.batches[-1]
     if batch.status is BatchStatus.deciding:
         _send_pilot(record, batch.index)
         return f"asked the pilot again after batch {batch.index + 1}"
-    done = [k for k in batch.tasks if any(r.run_no == record.tasks[k].runs for r in record.tasks[k].results)]
+    done = [k for k in batch.tasks if _stored(record, k)]
     _send_batch(record, batch)
     store.emit(run_id, "batch_resumed", batch=batch.index)
     return (

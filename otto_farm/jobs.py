@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 from functools import cache
 from typing import Any
 
+from celery import bootsteps
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.log import get_task_logger
+from redis.exceptions import LockError
 
-from otto_farm import coordinator, pilot, taskrun
-from otto_farm.celery_app import app
+from otto_farm import coordinator, keys, pilot, taskrun
+from otto_farm.celery_app import CONTROL_QUEUE, app
+from otto_farm.lease import Lease
 from otto_farm.models import BatchStatus, PilotAnswer
 from otto_farm.settings import Settings
 from otto_farm.store import Store
+
+logger = get_task_logger(__name__)
+SWEEP_LOCK_S = 900  # past this a sweep that died with its worker stops holding the others back
 
 
 @cache
@@ -47,6 +55,7 @@ def run_task(self: Any, run_id: str, task_key: str, run_no: int, batch: int) -> 
             worker=worker,
             progress=progress,
             timeout_errors=(SoftTimeLimitExceeded,),
+            lease_s=_settings().lease_s,
         )
     except Exception as exc:  # e.g. the store is unreachable: report it, so the chord callback still runs
         error = f"{type(exc).__name__}: {exc}"[-2000:]
@@ -65,10 +74,17 @@ def batch_done(results: list[dict[str, Any]], run_id: str, batch: int) -> None:
 @app.task(name="otto_farm.pilot")
 def pilot_job(run_id: str, batch: int) -> dict[str, Any]:
     """Ask the pilot what comes after this batch; a failed call is an answer with its error."""
-    record = _store().get(run_id)
+    store = _store()
+    record = store.get(run_id)
     if record.batches[batch].status is not BatchStatus.deciding:  # redelivered after its answer was applied
         return PilotAnswer(batch=batch, model="", error="already decided").model_dump(mode="json")
-    return pilot.ask(record, batch, pilot.AnthropicClient()).model_dump(mode="json")
+    held = Lease(store.redis, run_id, pilot.job_id(run_id, batch), _settings().lease_s)
+    if not held.acquire():  # another delivery is asking right now; its answer is the one applied
+        return PilotAnswer(batch=batch, model="", superseded=True).model_dump(mode="json")
+    try:
+        return pilot.ask(record, batch, pilot.AnthropicClient()).model_dump(mode="json")
+    finally:
+        held.release()
 
 
 @app.task(name="otto_farm.apply_pilot")
@@ -77,8 +93,54 @@ def apply_pilot(answer: dict[str, Any], run_id: str, batch: int) -> None:
     coordinator.apply_pilot(_store(), run_id, batch, PilotAnswer.model_validate(answer))
 
 
-@app.task(name="otto_farm.reconcile")
-def reconcile(run_id: str, batch: int) -> None:
-    """Advance a batch whose chord callback was lost; look again later while its jobs still run."""
-    if coordinator.reconcile(_store(), _settings().resolved_work_dir, run_id, batch):
-        coordinator.schedule_reconcile(run_id, batch)
+@app.task(name="otto_farm.sweep")
+def sweep() -> None:
+    """Reconcile every active run (coordinator.reconcile); one sweep at a time across control workers."""
+    store = _store()
+    guard = store.redis.lock(keys.sweep_lock_key(), timeout=SWEEP_LOCK_S, blocking=False)
+    if not guard.acquire():
+        return
+    try:
+        for run_id in store.active_runs():
+            try:
+                if done := coordinator.reconcile(store, _settings().resolved_work_dir, run_id):
+                    logger.warning("reconciled run %s: %s", run_id, done)
+            except Exception:  # one broken run must not stop the others being looked after
+                logger.exception("reconciling run %s failed", run_id)
+    finally:
+        with contextlib.suppress(LockError):
+            guard.release()
+
+
+def _send_sweep() -> None:
+    try:
+        app.send_task("otto_farm.sweep", queue=CONTROL_QUEUE, expires=_settings().sweep_s)
+    except Exception:  # the broker is away for now: the next tick tries again
+        logger.exception("could not send a sweep")
+
+
+class Sweeper(bootsteps.StartStopStep):  # type: ignore[misc]  # celery ships no types
+    """In each worker that consumes the control queue, sends a sweep every `sweep_s` seconds.
+
+    A timer in the worker's own event loop rather than countdown messages: a countdown message sits
+    unacked in the worker that fetched it, so it would die with that worker until Redis's
+    visibility timeout (hours) handed it back.
+    """
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.tref: Any = None
+
+    def start(self, parent: Any) -> None:
+        consumed = parent.app.amqp.queues.consume_from
+        if consumed is None or CONTROL_QUEUE in consumed:
+            self.tref = parent.timer.call_repeatedly(_settings().sweep_s, _send_sweep)
+
+    def stop(self, parent: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+
+
+app.steps["worker"].add(Sweeper)

@@ -28,3 +28,23 @@ def cancel_key(run_id: str) -> str:
 def runs_index_key() -> str:
     """Sorted set of run ids, scored by creation time."""
     return f"{PREFIX}:runs"
+
+
+def claims_key(run_id: str) -> str:
+    """Set of the run's job ids that started and have not finished (see lease.py)."""
+    return f"{PREFIX}:run:{run_id}:claims"
+
+
+def lease_key(job_id: str) -> str:
+    """Held, with a time to live, by the one delivery of a job that runs it."""
+    return f"{PREFIX}:lease:{job_id}"
+
+
+def active_runs_key() -> str:
+    """Set of the run ids the reconciler still looks after."""
+    return f"{PREFIX}:active"
+
+
+def sweep_lock_key() -> str:
+    """Held by the one reconciler sweep running, when several control workers send them."""
+    return f"{PREFIX}:sweep"

@@ -196,6 +196,7 @@ class PilotAnswer(BaseModel):
     error: str | None = None
     usage: Usage = Usage()
     duration_s: float = 0.0
+    superseded: bool = False  # another delivery of the pilot job holds its lease: apply nothing from this
 
 
 class PilotRecord(PilotAnswer):

@@ -106,6 +106,11 @@ class AnthropicClient:
         )
 
 
+def job_id(run_id: str, index: int) -> str:
+    """The pilot job's Celery task id and lease name, after batch `index`."""
+    return f"{run_id}.b{index}.pilot"
+
+
 def needed(record: RunRecord, index: int) -> bool:
     """A pilot call only after a batch with a failure, while work remains, when the pilot is enabled.
 

@@ -10,7 +10,7 @@ import os
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from otto_farm.errors import InputError
 
@@ -30,6 +30,8 @@ class Settings(BaseModel):
     store_url: str | None = None
     work_dir: Path | None = None
     agent_command: str | None = None  # the agent's command where a task set names none (.txt sets)
+    lease_s: float = Field(30.0, gt=0)  # a dead worker's job is sent again about this long after it died
+    sweep_s: float = Field(10.0, gt=0)  # how often a control worker looks for lost jobs and callbacks
 
     @classmethod
     def load(cls) -> Settings:

@@ -43,6 +43,7 @@ class Store:
         if not self.redis.set(keys.run_key(record.run_id), record.model_dump_json(), nx=True):
             raise InfrastructureError(f"run {record.run_id} exists already")
         self.redis.zadd(keys.runs_index_key(), {record.run_id: record.created_at.timestamp()})
+        self.redis.sadd(keys.active_runs_key(), record.run_id)
         self.emit(record.run_id, "run_started", total=len(record.tasks))
 
     def get(self, run_id: str) -> RunRecord:
@@ -75,6 +76,13 @@ class Store:
 
     def run_ids(self, limit: int = 50) -> list[str]:
         return cast(list[str], self.redis.zrevrange(keys.runs_index_key(), 0, limit - 1))
+
+    def active_runs(self) -> list[str]:
+        """Runs the reconciler looks after: those not yet seen ended."""
+        return sorted(cast(set[str], self.redis.smembers(keys.active_runs_key())))
+
+    def retire(self, run_id: str) -> None:
+        self.redis.srem(keys.active_runs_key(), run_id)
 
     def emit(self, run_id: str, kind: str, **fields: Any) -> None:
         entry: dict[Any, Any] = {"kind": kind, "ts": f"{time.time():.3f}"}

@@ -14,6 +14,7 @@ from typing import Any
 from otto_farm import gitops, prompt, shell, verify
 from otto_farm.agents import AgentRequest, get_agent
 from otto_farm.errors import Cancelled, GitError
+from otto_farm.lease import DEFAULT_TTL_S, Lease
 from otto_farm.models import Attempt, RunRecord, RunStatus, TaskResult, TaskStatus, Usage
 from otto_farm.store import Store
 
@@ -51,16 +52,61 @@ def run(
     worker: str = "",
     progress: Progress | None = None,
     timeout_errors: tuple[type[BaseException], ...] = (),
+    lease_s: float = DEFAULT_TTL_S,
 ) -> TaskResult:
-    """Run the task once and store its result; a redelivered job returns the stored result instead."""
-    record = store.get(run_id)
-    stored = next((r for r in record.tasks[key].results if r.run_no == run_no), None)
-    if stored is not None:
-        return stored
+    """Run the task once and store its result.
+
+    A redelivered job returns the stored result; one that meets another delivery still running (its
+    lease held) waits for that one's result, or takes over if the lease lapses with its worker.
+    """
+    jid = job_id(run_id, batch, key, run_no)
+    while True:
+        record = store.get(run_id)
+        stored = next((r for r in record.tasks[key].results if r.run_no == run_no), None)
+        if stored is not None:
+            return stored
+        lease = Lease(store.redis, run_id, jid, lease_s)
+        if not lease.acquire():
+            time.sleep(min(1.0, lease_s / 3))
+            continue
+        try:
+            result = _run_once(
+                store, work_dir, record, key, run_no, batch, worker, lease, progress, timeout_errors
+            )
+            if not lease.lost.is_set():  # stored before letting go, so a waiting delivery finds it
+                return save_result(store, result)
+        finally:
+            lease.release()
+        # It lapsed mid-run and another delivery runs the task now: that one's result counts.
+
+
+def job_id(run_id: str, batch: int, key: str, run_no: int) -> str:
+    """A job's Celery task id and lease name: readable in Flower, known to `cancel` without asking."""
+    return f"{run_id}.b{batch}.{key}.r{run_no}"
+
+
+def _run_once(
+    store: Store,
+    work_dir: Path,
+    record: RunRecord,
+    key: str,
+    run_no: int,
+    batch: int,
+    worker: str,
+    lease: Lease,
+    progress: Progress | None,
+    timeout_errors: tuple[type[BaseException], ...],
+) -> TaskResult:
+    run_id = record.run_id
     store.emit(run_id, "task_started", task=key, batch=batch, run=run_no, worker=worker)
     started = time.monotonic()
     job = _Job(
-        record, key, run_no, batch, started + record.taskset.timeout_s, lambda: store.cancel_requested(run_id)
+        record,
+        key,
+        run_no,
+        batch,
+        started + record.taskset.timeout_s,
+        lambda: lease.lost.is_set() or store.cancel_requested(run_id),
     )
     result = error_result(run_id, key, run_no, batch, worker, base_sha=record.batches[batch].base_sha)
     try:
@@ -82,7 +128,7 @@ def run(
         result.error = f"{type(exc).__name__}: {exc}"[-2000:]
     result.attempts, result.usage = job.attempts, job.usage
     result.duration_s = round(time.monotonic() - started, 3)
-    return save_result(store, result)
+    return result
 
 
 def error_result(

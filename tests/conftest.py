@@ -74,16 +74,32 @@ class Worker:
 
 
 def start_worker(
-    settings: Settings, name: str, concurrency: int = 2, queues: tuple[str, ...] = QUEUES
+    settings: Settings,
+    name: str,
+    concurrency: int = 2,
+    queues: tuple[str, ...] = QUEUES,
+    env: dict[str, str] | None = None,
 ) -> Worker:
-    """A real `celery worker` process on its own work dir, returned once it answers a ping."""
+    """A real `celery worker` process on its own work dir, returned once it answers a ping.
+
+    Control workers sweep for lost work every second, and a dead job's lease lapses in three, so a
+    test sees lost work recovered soon.
+    """
     work_dir = settings.home / f"work-{name}"
     log = settings.home / f"{name}.log"
-    env = {**os.environ, **settings.model_copy(update={"work_dir": work_dir}).env(), **LLM_ENV}
+    env = {
+        **os.environ,
+        **settings.model_copy(update={"work_dir": work_dir}).env(),
+        **LLM_ENV,
+        "OTTO_FARM_SWEEP_S": "1",
+        "OTTO_FARM_LEASE_S": "3",
+        **(env or {}),
+    }
     with open(log, "ab") as stderr:
         proc = subprocess.Popen(
             worker_argv(queues, concurrency, f"{name}@%h", logfile=log),
             env=env,
+            start_new_session=True,  # its own process group, so a test can kill the whole worker
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=stderr,

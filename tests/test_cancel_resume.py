@@ -126,7 +126,6 @@ def test_reconciler_advances_a_batch_whose_callback_never_fired(
     )
     # The first batch's jobs run and store their results, but its chord callback is lost.
     monkeypatch.setattr(coordinator, "chord", lambda header: lambda callback: group(header).apply_async())
-    monkeypatch.setattr(coordinator, "RECONCILE_AFTER_S", 1.0)
     run_id = coordinator.start(store, loaded).run_id
     record = wait_for_run(store, run_id)
     assert record.status is RunStatus.passed and len(record.batches) == 2

@@ -1,0 +1,139 @@
+"""Leases and the reconciler: two deliveries of a job run its agent once; a dead worker's job is redone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from celery.exceptions import TimeLimitExceeded
+
+from otto_farm import coordinator, keys, taskrun, taskset
+from otto_farm.celery_app import TASKS_QUEUE, app
+from otto_farm.lease import Lease, alive, claims
+from otto_farm.models import RunStatus, TaskStatus
+
+from conftest import start_worker, wait_for_run
+
+JOB = "lease-run.b0.a.r1"
+
+
+def test_one_delivery_holds_a_lease_and_its_heartbeat_keeps_it(store):
+    first, second = Lease(store.redis, "lease-run", JOB, 0.6), Lease(store.redis, "lease-run", JOB, 0.6)
+    assert first.acquire()
+    time.sleep(1.5)  # well past its time to live: only the heartbeat can have kept it
+    assert not second.acquire()
+    assert alive(store.redis, JOB) and claims(store.redis, "lease-run") == {JOB}
+    first.release()
+    assert not alive(store.redis, JOB) and claims(store.redis, "lease-run") == set()
+    assert second.acquire()
+    second.release()
+
+
+def test_a_holder_whose_lease_lapsed_and_was_taken_over_learns_it_lost(store):
+    first, second = Lease(store.redis, "lease-run", JOB, 0.6), Lease(store.redis, "lease-run", JOB, 0.6)
+    assert first.acquire()
+    store.redis.delete(keys.lease_key(JOB))  # as if it lapsed in a long pause
+    assert second.acquire()
+    assert first.lost.wait(2)
+    first.release()  # leaves the new holder's lease and claim alone
+    assert alive(store.redis, JOB) and claims(store.redis, "lease-run") == {JOB}
+    second.release()
+
+
+def agent_taskset(log, keys_: list[str], sleep_s: float) -> dict:
+    return {
+        "verify": "true",
+        "agent": {
+            "command": f"echo $OTTO_FARM_TASK_KEY >> {log}; sleep {sleep_s}; touch $OTTO_FARM_TASK_KEY.txt"
+        },
+        "tasks": [{"key": k, "prompt": k} for k in keys_],
+    }
+
+
+def wait_for(predicate, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_second_delivery_while_the_first_runs_waits_for_its_result(
+    make_repo, write_taskset, store, settings, worker, tmp_path
+):
+    log = tmp_path / "agent.log"
+    loaded = taskset.load(write_taskset({"repo": str(make_repo()), **agent_taskset(log, ["a"], 3)}))
+    other = start_worker(settings, "second", concurrency=1, queues=(TASKS_QUEUE,))
+    try:
+        run_id = coordinator.start(store, loaded).run_id
+        wait_for(log.exists)
+        # What Redis does with a message unacked past its visibility timeout: deliver it again.
+        again = app.signature("otto_farm.run_task", args=(run_id, "a", 1, 0), queue=TASKS_QUEUE).apply_async()
+        result = again.get(timeout=60)
+        record = wait_for_run(store, run_id)
+    finally:
+        other.stop()
+    assert record.status is RunStatus.passed
+    assert log.read_text().split() == ["a"]  # the agent ran once
+    assert result["commit_sha"] == record.tasks["a"].results[0].commit_sha
+    assert len(record.tasks["a"].results) == 1
+
+
+def test_a_killed_workers_job_is_sent_again_and_the_run_completes(
+    make_repo, write_taskset, store, settings, worker, tmp_path
+):
+    log = tmp_path / "agent.log"
+    repo = make_repo()
+    tasks = ["a", "b", "c", "d"]
+    loaded = taskset.load(write_taskset({"repo": str(repo), **agent_taskset(log, tasks, 2)}))
+    doomed = start_worker(settings, "doomed", concurrency=1, queues=(TASKS_QUEUE,))
+    try:
+        run_id = coordinator.start(store, loaded).run_id
+
+        def started_on_doomed() -> str | None:
+            return next((e["task"] for _, e in store.events(run_id) if "doomed" in e.get("worker", "")), None)
+
+        wait_for(lambda: started_on_doomed() is not None)
+        killed = started_on_doomed()
+        os.killpg(doomed.proc.pid, signal.SIGKILL)  # the whole machine goes: main process and pool
+        doomed.proc.wait()
+        record = wait_for_run(store, run_id, timeout_s=60)
+    finally:
+        doomed.stop()
+    assert record.status is RunStatus.passed
+    for key in tasks:
+        state = record.tasks[key]
+        assert state.status is TaskStatus.passed and len(state.results) == 1, key
+        assert state.merged_sha == record.integration_sha
+    assert "doomed" not in record.tasks[killed].results[0].worker  # redone elsewhere
+    resent = [e["task"] for _, e in store.events(run_id) if e["kind"] == "job_resent"]
+    assert resent == [killed]
+    runs = log.read_text().split()
+    assert all(runs.count(key) == 1 for key in tasks if key != killed)  # only the lost one ran again
+
+
+@pytest.mark.filterwarnings("ignore:Call to deprecated setex")  # inside Celery's Redis backend
+def test_a_job_celery_killed_at_its_hard_time_limit_ends_as_an_error_and_the_run_goes_on(
+    make_repo, write_taskset, store, worker, monkeypatch
+):
+    data = {
+        "repo": str(make_repo()),
+        "max_task_runs": 1,
+        "verify": "true",
+        "agent": {"command": "touch $OTTO_FARM_TASK_KEY.txt"},
+        "tasks": [{"key": "stuck", "prompt": "p"}, {"key": "ok", "prompt": "p"}],
+    }
+    # What a hard time limit leaves: the job claimed, its lease gone with the killed pool process, its
+    # Celery state FAILURE, the chord stuck. (A real one takes minutes: the soft limit comes first.)
+    monkeypatch.setattr(coordinator, "chord", lambda header: lambda callback: header[1].apply_async())
+    run_id = coordinator.start(store, taskset.load(write_taskset(data))).run_id
+    monkeypatch.undo()
+    stuck = taskrun.job_id(run_id, 0, "stuck", 1)
+    store.redis.sadd(keys.claims_key(run_id), stuck)
+    app.backend.mark_as_failure(stuck, TimeLimitExceeded(3))
+    record = wait_for_run(store, run_id, timeout_s=60)
+    assert record.status is RunStatus.failed
+    [result] = record.tasks["stuck"].results
+    assert result.error_code == "job_killed" and "TimeLimitExceeded" in (result.error or "")
+    assert record.tasks["ok"].merged_sha == record.integration_sha
