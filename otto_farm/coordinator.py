@@ -99,7 +99,7 @@ def reconcile(store: Store, work_dir: Path, run_id: str) -> str | None:
     concluded with nothing dispatched after it. Everything done here is idempotent, so a sweep that
     races the normal flow, or another sweep, changes nothing twice.
     """
-    record = store.get(run_id)
+    record = store.get(run_id, tasks=())
     if record.status is not RunStatus.running:
         store.retire(run_id)
         return None
@@ -117,6 +117,7 @@ def reconcile(store: Store, work_dir: Path, run_id: str) -> str | None:
         _send_pilot(record, batch.index)
         store.emit(run_id, "pilot_resent", batch=batch.index)
         return f"asked the pilot again after batch {batch.index + 1}"
+    store.fill_results(record, batch.tasks)
     missing = [k for k in batch.tasks if not _stored(record, k)]
     if not missing:
         store.emit(run_id, "batch_reconciled", batch=batch.index)
@@ -223,12 +224,13 @@ def finish_batch(
     redelivered callback never merges twice.
     """
     with store.lock(run_id, CALLBACK_LOCK_S):
-        current = store.get(run_id)
+        current = store.get(run_id, tasks=())
         if (
             current.status is not RunStatus.running
             or current.batches[index].status is not BatchStatus.running
         ):
             return  # a redelivered callback, or a cancelled run
+        store.fill_results(current, current.batches[index].tasks)
         # The jobs stored their own results; only one whose store write failed is missing here.
         missing = [
             result
@@ -237,7 +239,7 @@ def finish_batch(
         ]
         for result in missing:
             taskrun.save_result(store, result)
-        record = store.get(run_id) if missing else current
+        record = store.get(run_id, tasks=current.batches[index].tasks) if missing else current
         batch = record.batches[index]
         candidates = [
             (k, taskrun.branch_name(run_id, k))
@@ -291,7 +293,7 @@ def finish_batch(
 def apply_pilot(store: Store, run_id: str, index: int, answer: PilotAnswer) -> None:
     """Validate the pilot's answer against the run, apply it (or the replan), then dispatch or finish."""
     with store.lock(run_id, CALLBACK_LOCK_S):
-        current = store.get(run_id)
+        current = store.get(run_id, tasks=())
         if (
             current.status is not RunStatus.running
             or current.batches[index].status is not BatchStatus.deciding

@@ -6,7 +6,7 @@ PREFIX = "otto-farm"
 
 
 def run_key(run_id: str) -> str:
-    """The JSON run record."""
+    """The run record as JSON, without its task set and results (store.py)."""
     return f"{PREFIX}:run:{run_id}"
 
 
@@ -48,3 +48,18 @@ def active_runs_key() -> str:
 def sweep_lock_key() -> str:
     """Held by the one reconciler sweep running, when several control workers send them."""
     return f"{PREFIX}:sweep"
+
+
+def taskset_key(run_id: str) -> str:
+    """The run's task set as JSON, written once."""
+    return f"{PREFIX}:run:{run_id}:taskset"
+
+
+def results_key(run_id: str) -> str:
+    """Hash of the run's TaskResults, field `<task>#<run_no>`; expires after its last write."""
+    return f"{PREFIX}:run:{run_id}:results"
+
+
+def transcripts_key(run_id: str) -> str:
+    """Hash of an LLM agent's transcripts, field `<task>#<run_no>#<attempt>`; expires likewise."""
+    return f"{PREFIX}:run:{run_id}:transcripts"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -136,7 +136,6 @@ class Attempt(BaseModel):
     stop_reason: str | None = None
     final_message: str = ""
     usage: Usage = Usage()
-    transcript: list[dict[str, Any]] = []  # an LLM agent's messages and tool calls, capped
 
 
 class TaskResult(BaseModel):

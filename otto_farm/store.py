@@ -1,10 +1,17 @@
-"""Run state in Redis: one JSON run record per run, updated atomically, and an event stream per run."""
+"""Run state in Redis: a run record per run, its task results and transcripts beside it, and events.
+
+A record is stored in parts, so that each write costs what changed rather than the whole run:
+the task set (written once), the rest of the record (updated atomically with WATCH/MULTI), each
+TaskResult in the run's results hash, each attempt's transcript in the transcripts hash. Results and
+transcripts are logs: their hashes expire `LOG_TTL_S` after their last write.
+"""
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -12,10 +19,14 @@ import redis
 
 from otto_farm import keys
 from otto_farm.errors import InfrastructureError, InputError
-from otto_farm.models import RunRecord
+from otto_farm.models import RunRecord, TaskResult, TaskSet
 
 EVENTS_MAXLEN = 10_000
 CANCEL_TTL_S = 7 * 24 * 3600  # long after any job of the run could still be running
+LOG_TTL_S = 14 * 24 * 3600
+TASKSET_CACHE = 64  # task sets kept parsed per process: a run's never changes
+# What the run key holds: the record without its task set and results, which have keys of their own.
+_HEAD_ONLY: Any = {"taskset": True, "tasks": {"__all__": {"results"}}}
 
 
 def new_run_id() -> str:
@@ -23,11 +34,16 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
+def _field(key: str, run_no: int, attempt: int | None = None) -> str:
+    return f"{key}#{run_no}" if attempt is None else f"{key}#{run_no}#{attempt}"
+
+
 class Store:
     """Run records and events on one Redis connection pool."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
+        self._tasksets: dict[str, TaskSet] = {}
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -40,39 +56,101 @@ class Store:
             raise InfrastructureError(f"run store unreachable: {exc}") from exc
 
     def create(self, record: RunRecord) -> None:
-        if not self.redis.set(keys.run_key(record.run_id), record.model_dump_json(), nx=True):
+        if not self.redis.set(
+            keys.run_key(record.run_id), record.model_dump_json(exclude=_HEAD_ONLY), nx=True
+        ):
             raise InfrastructureError(f"run {record.run_id} exists already")
+        self.redis.set(keys.taskset_key(record.run_id), record.taskset.model_dump_json())
         self.redis.zadd(keys.runs_index_key(), {record.run_id: record.created_at.timestamp()})
         self.redis.sadd(keys.active_runs_key(), record.run_id)
         self.emit(record.run_id, "run_started", total=len(record.tasks))
 
-    def get(self, run_id: str) -> RunRecord:
-        raw = self.redis.get(keys.run_key(run_id))
+    def get(self, run_id: str, tasks: Collection[str] | None = None) -> RunRecord:
+        """The run record, with the results of `tasks` (default: every task's)."""
+        record = self._parse(run_id, cast(str | None, self.redis.get(keys.run_key(run_id))))
+        self.fill_results(record, record.tasks if tasks is None else tasks)
+        return record
+
+    def fill_results(self, record: RunRecord, tasks: Collection[str]) -> None:
+        """Load the stored results of these tasks into the record."""
+        wanted = [(k, n) for k in tasks for n in range(1, record.tasks[k].runs + 1)]
+        if not wanted:
+            return
+        raws = cast(
+            list[str | None], self.redis.hmget(keys.results_key(record.run_id), [_field(*w) for w in wanted])
+        )
+        for (key, _), raw in zip(wanted, raws, strict=True):
+            if raw is not None:
+                record.tasks[key].results.append(TaskResult.model_validate_json(raw))
+
+    def _parse(self, run_id: str, raw: str | None) -> RunRecord:
         if raw is None:
             raise InputError("run", run_id, "no such run")
-        return RunRecord.model_validate_json(raw)
+        taskset = self._tasksets.get(run_id)
+        if taskset is None:
+            stored = self.redis.get(keys.taskset_key(run_id))
+            if stored is None:
+                raise InputError("run", run_id, "its task set is missing from the store")
+            taskset = TaskSet.model_validate_json(stored)
+            if len(self._tasksets) >= TASKSET_CACHE:
+                self._tasksets.pop(next(iter(self._tasksets)))
+            self._tasksets[run_id] = taskset
+        return RunRecord.model_validate({**json.loads(raw), "taskset": taskset})
 
     def update(self, run_id: str, change: Callable[[RunRecord], None]) -> RunRecord:
         """Apply `change` to the record under WATCH/MULTI, retrying on a concurrent write.
 
-        `change` may run more than once, so it must only touch the record it is given.
+        `change` may run more than once, so it must only touch the record it is given. It sees no task
+        results (they are stored apart, by `add_result`), and neither does the record returned.
         """
-        key = keys.run_key(run_id)
+        return cast(RunRecord, self._write(run_id, change, None))
+
+    def add_result(self, result: TaskResult, change: Callable[[RunRecord], None]) -> TaskResult:
+        """Store a result once per (task, run) with `change` to the record, atomically; the first wins.
+
+        Returns the result stored: this one, or the one stored before it.
+        """
+        kept = self._write(result.run_id, change, result)
+        return cast(TaskResult, kept)
+
+    def _write(self, run_id: str, change: Callable[[RunRecord], None], result: TaskResult | None) -> Any:
+        key, results = keys.run_key(run_id), keys.results_key(run_id)
         while True:
             with self.redis.pipeline() as pipe:
                 try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        raise InputError("run", run_id, "no such run")
-                    record = RunRecord.model_validate_json(raw)
+                    if result is None:
+                        pipe.watch(key)
+                    else:
+                        pipe.watch(key, results)
+                    if result is not None:
+                        field = _field(result.task_key, result.run_no)
+                        existing = pipe.hget(results, field)
+                        if existing is not None:
+                            return TaskResult.model_validate_json(existing)
+                    record = self._parse(run_id, cast(str | None, pipe.get(key)))
                     change(record)
                     pipe.multi()
-                    pipe.set(key, record.model_dump_json())
+                    pipe.set(key, record.model_dump_json(exclude=_HEAD_ONLY))
+                    if result is not None:
+                        pipe.hset(results, field, result.model_dump_json())
+                        pipe.expire(results, LOG_TTL_S)
                     pipe.execute()
-                    return record
+                    return result if result is not None else record
                 except redis.WatchError:
                     continue
+
+    def put_transcript(
+        self, run_id: str, key: str, run_no: int, attempt: int, entries: list[dict[str, Any]]
+    ) -> None:
+        name = keys.transcripts_key(run_id)
+        with self.redis.pipeline() as pipe:
+            pipe.hset(name, _field(key, run_no, attempt), json.dumps(entries))
+            pipe.expire(name, LOG_TTL_S)
+            pipe.execute()
+
+    def transcript(self, run_id: str, key: str, run_no: int, attempt: int) -> list[dict[str, Any]]:
+        raw = cast(str | None, self.redis.hget(keys.transcripts_key(run_id), _field(key, run_no, attempt)))
+        return cast(list[dict[str, Any]], json.loads(raw)) if raw else []
 
     def run_ids(self, limit: int = 50) -> list[str]:
         return cast(list[str], self.redis.zrevrange(keys.runs_index_key(), 0, limit - 1))

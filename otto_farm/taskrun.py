@@ -28,6 +28,7 @@ def branch_name(run_id: str, key: str) -> str:
 
 @dataclass
 class _Job:
+    store: Store
     record: RunRecord
     key: str
     run_no: int
@@ -61,7 +62,7 @@ def run(
     """
     jid = job_id(run_id, batch, key, run_no)
     while True:
-        record = store.get(run_id)
+        record = store.get(run_id, tasks=[key])
         stored = next((r for r in record.tasks[key].results if r.run_no == run_no), None)
         if stored is not None:
             return stored
@@ -101,6 +102,7 @@ def _run_once(
     store.emit(run_id, "task_started", task=key, batch=batch, run=run_no, worker=worker)
     started = time.monotonic()
     job = _Job(
+        store,
         record,
         key,
         run_no,
@@ -150,21 +152,16 @@ def error_result(
 
 def save_result(store: Store, result: TaskResult) -> TaskResult:
     """Store a result once per (task, run); the first stored wins and is returned."""
-    kept: list[TaskResult] = []
 
     def change(record: RunRecord) -> None:
         state = record.tasks[result.task_key]
-        existing = next((r for r in state.results if r.run_no == result.run_no), None)
-        if existing is None:
-            state.results.append(result)
-            if record.status is RunStatus.running:  # a cancelled run keeps its tasks as they were left
-                state.status = result.status
-                state.reason = result.error
-            record.usage = record.usage + result.usage
-        kept[:] = [existing or result]
+        if record.status is RunStatus.running:  # a cancelled run keeps its tasks as they were left
+            state.status = result.status
+            state.reason = result.error
+        record.usage = record.usage + result.usage
 
-    store.update(result.run_id, change)
-    if kept[0] is result:
+    kept = store.add_result(result, change)
+    if kept is result:
         store.emit(
             result.run_id,
             "task_finished",
@@ -174,7 +171,7 @@ def save_result(store: Store, result: TaskResult) -> TaskResult:
             attempts=len(result.attempts),
             error=result.error_code,
         )
-    return kept[0]
+    return kept
 
 
 def _execute(job: _Job, work_dir: Path, result: TaskResult, progress: Progress) -> None:
@@ -260,8 +257,9 @@ def _attempts(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, prog
             stop_reason=outcome.stop_reason,
             final_message=shell.tail(outcome.final_message, ATTEMPT_OUTPUT_CHARS),
             usage=outcome.usage,
-            transcript=outcome.transcript,
         )
+        if outcome.transcript:  # kept apart from the result: a log, with a time to live
+            job.store.put_transcript(job.record.run_id, key, job.run_no, n, outcome.transcript)
         job.attempts.append(attempt)
         job.usage = job.usage + outcome.usage
         if not outcome.ok:

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from otto_farm import shell
+from otto_farm import keys, shell
 from otto_farm.agents import AgentRequest, anthropic_agent
 from otto_farm.agents.anthropic_agent import AnthropicAgent
 from otto_farm.models import AgentConfig, RunStatus, TaskStatus
 from otto_farm.scripted_server import ScriptedReply
+from otto_farm.store import LOG_TTL_S
 
 KEY = "sk-ant-test-SECRET-0123456789"
 
@@ -164,7 +165,7 @@ def test_second_attempt_continues_the_conversation_with_its_own_error(api, make_
     assert len(messages) == 3
 
 
-def test_anthropic_task_edits_verifies_and_merges(make_repo, write_taskset, run_taskset, pilot_server):
+def test_anthropic_task_edits_verifies_and_merges(make_repo, write_taskset, run_taskset, pilot_server, store):
     repo = make_repo({"README.md": "hello\n"})
     pilot_server.script(
         edit("create", path="greet.py", file_text="def greet():\n    return 'hi'\n"),
@@ -187,7 +188,9 @@ def test_anthropic_task_edits_verifies_and_merges(make_repo, write_taskset, run_
     attempt = state.last.attempts[0]
     assert attempt.final_message == "Added greet.py." and attempt.stop_reason == "end_turn"
     assert state.last.usage.input_tokens == 1020 and record.usage.cost_usd == state.last.usage.cost_usd > 0
-    assert any(e.get("tool") == "bash" for e in attempt.transcript)
+    transcript = store.transcript(record.run_id, "greet", 1, 1)  # a log: its own key, with a TTL
+    assert any(e.get("tool") == "bash" for e in transcript)
+    assert 0 < store.redis.ttl(keys.transcripts_key(record.run_id)) <= LOG_TTL_S
 
 
 def test_logs_show_the_transcript_of_an_attempt(

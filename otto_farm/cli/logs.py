@@ -18,10 +18,17 @@ def logs(
 ) -> None:
     """Agent output and verify output of every attempt of one task."""
     with connected() as (store, _):
-        record = store.get(run_id)
-    state = record.tasks.get(task)
-    if state is None:
-        raise InputError("task", task, f"not in run {run_id}")
+        record = store.get(run_id, tasks=())
+        state = record.tasks.get(task)
+        if state is None:
+            raise InputError("task", task, f"not in run {run_id}")
+        store.fill_results(record, [task])
+        transcripts = {
+            (r.run_no, a.number): store.transcript(run_id, task, r.run_no, a.number)
+            for r in state.results
+            for a in r.attempts
+            if attempt is None or a.number == attempt
+        }
     if not state.results:
         console.print(f"{task}: {state.status.value}, no job has finished yet")
     for result in state.results:
@@ -36,9 +43,10 @@ def logs(
             console.print(
                 f"--- attempt {a.number}: agent stopped: {a.stop_reason}{exit_code}{cost}", markup=False
             )
-            for entry in a.transcript:
+            transcript = transcripts[(result.run_no, a.number)]
+            for entry in transcript:
                 console.print(transcript_line(entry), markup=False)
-            if not a.transcript:
+            if not transcript:
                 console.print(a.agent_output or "(no agent output)", markup=False)
             if a.verify_exit_code is not None:
                 console.print(f"--- attempt {a.number}: verify exit {a.verify_exit_code}", markup=False)

@@ -1,0 +1,85 @@
+"""The run store on a real Redis: a record in parts, one result per run, concurrent writers, log TTLs."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from otto_farm import keys
+from otto_farm.errors import InputError
+from otto_farm.models import RunRecord, TaskResult, TaskStatus
+from otto_farm.store import LOG_TTL_S, Store, new_run_id
+
+from conftest import make_record
+
+
+def stored_record(store: Store, n: int = 3) -> RunRecord:
+    record = make_record([{"key": f"t{i}", "prompt": "p"} for i in range(n)], {})
+    record.run_id = new_run_id()
+    for state in record.tasks.values():
+        state.runs = 1
+    store.create(record)
+    return record
+
+
+def result(record: RunRecord, key: str, status: TaskStatus = TaskStatus.passed) -> TaskResult:
+    return TaskResult(run_id=record.run_id, task_key=key, run_no=1, batch=0, status=status)
+
+
+def mark(r: RunRecord, res: TaskResult) -> None:
+    r.tasks[res.task_key].status = res.status
+
+
+def test_the_run_key_holds_neither_the_task_set_nor_results(store):
+    record = stored_record(store)
+    store.add_result(result(record, "t0"), lambda r: mark(r, result(record, "t0")))
+    head = json.loads(store.redis.get(keys.run_key(record.run_id)))
+    assert "taskset" not in head and all("results" not in t for t in head["tasks"].values())
+    again = Store(store.redis).get(record.run_id)  # a fresh process: the task set read from its key
+    assert again.taskset == record.taskset
+    assert [r.task_key for r in again.tasks["t0"].results] == ["t0"]
+    assert again.tasks["t0"].status is TaskStatus.passed
+    assert 0 < store.redis.ttl(keys.results_key(record.run_id)) <= LOG_TTL_S
+    assert store.get(record.run_id, tasks=()).tasks["t0"].results == []
+
+
+def test_the_first_result_of_a_run_wins(store):
+    record = stored_record(store)
+    first, second = result(record, "t1"), result(record, "t1", TaskStatus.failed)
+    assert store.add_result(first, lambda r: mark(r, first)) is first
+    kept = store.add_result(second, lambda r: mark(r, second))
+    assert kept == first
+    assert store.get(record.run_id).tasks["t1"].status is TaskStatus.passed
+
+
+def test_concurrent_writers_lose_nothing(store):
+    record = stored_record(store, n=20)
+
+    def save(key: str) -> None:
+        res = result(record, key)
+        store.add_result(res, lambda r: mark(r, res))
+        store.update(record.run_id, lambda r: r.learnings.append(key))
+
+    threads = [threading.Thread(target=save, args=(key,)) for key in record.tasks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = store.get(record.run_id)
+    assert all(s.status is TaskStatus.passed and len(s.results) == 1 for s in after.tasks.values())
+    assert sorted(after.learnings) == sorted(record.tasks)
+
+
+def test_transcripts_are_kept_per_attempt_with_a_ttl(store):
+    record = stored_record(store)
+    store.put_transcript(record.run_id, "t0", 1, 2, [{"role": "assistant", "text": "hi"}])
+    assert store.transcript(record.run_id, "t0", 1, 2) == [{"role": "assistant", "text": "hi"}]
+    assert store.transcript(record.run_id, "t0", 1, 1) == []
+    assert 0 < store.redis.ttl(keys.transcripts_key(record.run_id)) <= LOG_TTL_S
+
+
+def test_an_unknown_run_is_an_input_error(store):
+    with pytest.raises(InputError, match="no such run"):
+        store.get("no-such-run")
