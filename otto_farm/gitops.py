@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import re
@@ -105,7 +106,7 @@ class RepoCache:
             git(["fetch", "-q", "--no-tags", "origin", *specs], cwd=self.git_dir)
 
     def has_commit(self, sha: str) -> bool:
-        return succeeds(["cat-file", "-e", f"{sha}^{{commit}}"], cwd=self.git_dir)
+        return self.git_dir.is_dir() and succeeds(["cat-file", "-e", f"{sha}^{{commit}}"], cwd=self.git_dir)
 
     @contextmanager
     def slot(self, sha: str) -> Iterator[Path]:
@@ -155,10 +156,14 @@ def commit_all(worktree: Path, message: str, exclude: Sequence[str] = ()) -> boo
     return True
 
 
-def layout(worktree: Path, max_lines: int = 40) -> str:
-    """The tracked tree at a glance: top-level files, and each top-level folder with its file count."""
+@functools.lru_cache(maxsize=64)
+def layout(repo: Path, sha: str, max_lines: int = 40) -> str:
+    """The tree of commit `sha` at a glance: top-level files, and each top-level folder with its file count.
+
+    Kept per commit: every job on the same base asks for the same tree.
+    """
     counts: dict[str, int] = {}
-    for path in git(["ls-files", "-z"], cwd=worktree).split("\0"):
+    for path in git(["ls-tree", "-r", "-z", "--name-only", sha], cwd=repo).split("\0"):
         if path:
             top, _, rest = path.partition("/")
             name = f"{top}/" if rest else top

@@ -47,7 +47,7 @@ class BudgetConfig(Strict):
 class TaskSpec(Strict):
     key: TaskKey
     prompt: NonEmpty
-    depends_on: list[str] = []
+    depends_on: list[str] = Field(default_factory=list)
     verify: str | None = None
     agent: AgentConfig | None = None
 
@@ -64,9 +64,9 @@ class TaskSet(Strict):
     max_batch_size: int = Field(8, ge=1)
     # Bounded so the broker's visibility timeout (settings.py) always outlasts a job.
     timeout_s: float = Field(1800, gt=0, le=6 * 3600)
-    agent: AgentConfig = AgentConfig()
-    pilot: PilotConfig = PilotConfig()
-    budget: BudgetConfig = BudgetConfig()
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    pilot: PilotConfig = Field(default_factory=PilotConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
     tasks: list[TaskSpec] = Field(min_length=1)
 
     def dependencies(self) -> dict[str, list[str]]:
@@ -135,7 +135,7 @@ class Attempt(BaseModel):
     duration_s: float = 0.0
     stop_reason: str | None = None
     final_message: str = ""
-    usage: Usage = Usage()
+    usage: Usage = Field(default_factory=Usage)
 
 
 class TaskResult(BaseModel):
@@ -148,14 +148,14 @@ class TaskResult(BaseModel):
     status: TaskStatus
     error_code: str | None = None
     error: str | None = None
-    attempts: list[Attempt] = []
+    attempts: list[Attempt] = Field(default_factory=list)
     verify_tail: str = ""
     diff_stat: str = ""
     branch: str = ""
     base_sha: str = ""
     commit_sha: str | None = None
     duration_s: float = 0.0
-    usage: Usage = Usage()
+    usage: Usage = Field(default_factory=Usage)
     worker: str = ""
 
 
@@ -164,9 +164,9 @@ class TaskState(BaseModel):
     status: TaskStatus = TaskStatus.pending
     batch: int | None = None
     runs: int = 0
-    results: list[TaskResult] = []
+    results: list[TaskResult] = Field(default_factory=list)
     guidance: str | None = None  # handed to the task's next run by the replan or the pilot
-    context: list[str] = []  # routed to this task by the pilot
+    context: list[str] = Field(default_factory=list)  # routed to this task by the pilot
     reason: str | None = None
     merged_sha: str | None = None
 
@@ -179,11 +179,11 @@ class Decision(BaseModel):
     """What happens after a batch: retries with guidance, skips with reasons, and the batches to come."""
 
     source: Literal["replan", "pilot"] = "replan"
-    retry: dict[str, str] = {}
-    skip: dict[str, str] = {}
-    routed: dict[str, list[str]] = {}  # task → context for its prompt alone
-    learnings: list[str] = []  # for every later task's prompt
-    batches: list[list[str]] = []
+    retry: dict[str, str] = Field(default_factory=dict)
+    skip: dict[str, str] = Field(default_factory=dict)
+    routed: dict[str, list[str]] = Field(default_factory=dict)  # task → context for its prompt alone
+    learnings: list[str] = Field(default_factory=list)  # for every later task's prompt
+    batches: list[list[str]] = Field(default_factory=list)
 
 
 class PilotAnswer(BaseModel):
@@ -193,7 +193,7 @@ class PilotAnswer(BaseModel):
     model: str
     raw: str = ""
     error: str | None = None
-    usage: Usage = Usage()
+    usage: Usage = Field(default_factory=Usage)
     duration_s: float = 0.0
     superseded: bool = False  # another delivery of the pilot job holds its lease: apply nothing from this
 
@@ -237,10 +237,10 @@ class RunRecord(BaseModel):
     integration_branch: str
     status: RunStatus = RunStatus.running
     tasks: dict[str, TaskState]
-    batches: list[BatchRecord] = []
-    plan: list[list[str]] = []  # batches still to dispatch
-    learnings: list[str] = []
-    usage: Usage = Usage()
+    batches: list[BatchRecord] = Field(default_factory=list)
+    plan: list[list[str]] = Field(default_factory=list)  # batches still to dispatch
+    learnings: list[str] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
     integration_sha: str | None = None
     error: str | None = None
     created_at: datetime = Field(default_factory=utcnow)

@@ -180,7 +180,8 @@ def _execute(job: _Job, work_dir: Path, result: TaskResult, progress: Progress) 
     base = record.batches[job.batch]
     cache = gitops.RepoCache(work_dir, record.repo)
     progress("fetch", 0)
-    cache.fetch([base.base_ref])
+    if not cache.has_commit(base.base_sha):  # a warm cache often has it: the batch's base is shared
+        cache.fetch([base.base_ref])
     if not cache.has_commit(base.base_sha):
         result.error_code, result.error = (
             "base_missing",
@@ -227,7 +228,7 @@ def _attempts(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, prog
     agent = get_agent(agent_cfg)
     # A retried task's first attempt reads its previous run's failure first-hand, as later attempts do.
     failure = prompt.previous_run_failure(job.record.tasks[key])
-    tree = gitops.layout(wt)
+    tree = gitops.layout(wt, job.record.batches[job.batch].base_sha)
     for n in range(1, ts.max_attempts + 1):
         if job.remaining_s() <= 0:
             result.status, result.error_code, result.error = TaskStatus.timeout, "job_timeout", "no time left"

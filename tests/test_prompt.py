@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from otto_farm.gitops import layout
+from otto_farm.gitops import git, layout
 from otto_farm.models import RunRecord, TaskState
 from otto_farm.prompt import build
 
@@ -90,6 +90,6 @@ def test_task_verify_overrides_the_sets():
 
 def test_repository_layout_has_its_own_section(make_repo):
     repo = make_repo({"README.md": "x", "src/a.py": "", "src/b/c.py": "", "tests/test_a.py": ""})
-    tree = layout(repo)
+    tree = layout(repo, git(["rev-parse", "HEAD"], cwd=repo).strip())
     assert tree.splitlines() == ["README.md", "src/ (2 files)", "tests/ (1 file)"]
     assert "## Repository layout\nREADME.md\nsrc/ (2 files)" in build(a_record(), "a", layout=tree)
