@@ -239,20 +239,21 @@ def finish_batch(
         ]
         for result in missing:
             taskrun.save_result(store, result)
-        record = store.get(run_id, tasks=current.batches[index].tasks) if missing else current
-        batch = record.batches[index]
+        if missing:
+            current = store.get(run_id, tasks=current.batches[index].tasks)
+        batch = current.batches[index]
         candidates = [
             (k, taskrun.branch_name(run_id, k))
             for k in batch.tasks
-            if (s := record.tasks[k]).status is TaskStatus.passed and s.last and s.last.commit_sha
+            if (s := current.tasks[k]).status is TaskStatus.passed and s.last and s.last.commit_sha
         ]
         try:
             if candidates or index == 0:  # the first batch creates the integration branch
                 outcome = gitops.merge(
-                    gitops.RepoCache(work_dir, record.repo),
-                    record.integration_branch,
+                    gitops.RepoCache(work_dir, current.repo),
+                    current.integration_branch,
                     batch.base_sha,
-                    record.base,
+                    current.base,
                     candidates,
                 )
             else:  # nothing to merge: the branch stays where the last batch left it
@@ -263,6 +264,9 @@ def finish_batch(
 
         def change(record: RunRecord) -> None:
             batch = record.batches[index]
+            for key in batch.tasks:  # the jobs' results become the tasks' states (store.fill_results)
+                state, done = record.tasks[key], current.tasks[key]
+                state.status, state.reason = done.status, done.reason
             for key in outcome.merged:
                 record.tasks[key].merged_sha = outcome.sha
             for key, files in outcome.conflicts.items():
@@ -305,10 +309,10 @@ def apply_pilot(store: Store, run_id: str, index: int, answer: PilotAnswer) -> N
         def change(record: RunRecord) -> None:
             decision, entry = pilot.to_decision(record, answer)
             record.batches[index].pilot = entry
-            record.usage = record.usage + answer.usage
+            record.usage = record.usage + answer.usage  # as the store counts it, for the budget check
             _conclude(record, index, decision)
 
-        record = store.update(run_id, change)
+        record = store.update(run_id, change, usage=answer.usage)
     entry = record.batches[index].pilot
     if entry is not None:
         store.emit(

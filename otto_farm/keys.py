@@ -63,3 +63,8 @@ def results_key(run_id: str) -> str:
 def transcripts_key(run_id: str) -> str:
     """Hash of an LLM agent's transcripts, field `<task>#<run_no>#<attempt>`; expires likewise."""
     return f"{PREFIX}:run:{run_id}:transcripts"
+
+
+def usage_key(run_id: str) -> str:
+    """Hash of the run's usage counters (tokens, cost), added to with HINCRBY as results come in."""
+    return f"{PREFIX}:run:{run_id}:usage"

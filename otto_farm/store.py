@@ -1,9 +1,11 @@
 """Run state in Redis: a run record per run, its task results and transcripts beside it, and events.
 
 A record is stored in parts, so that each write costs what changed rather than the whole run:
-the task set (written once), the rest of the record (updated atomically with WATCH/MULTI), each
-TaskResult in the run's results hash, each attempt's transcript in the transcripts hash. Results and
-transcripts are logs: their hashes expire `LOG_TTL_S` after their last write.
+the task set (written once), the usage counters (HINCRBY), the rest of the record (updated atomically
+with WATCH/MULTI), each TaskResult in the run's results hash, each attempt's transcript in the
+transcripts hash. A job stores its result without touching the record: until its batch's callback
+folds it into the task's state, a task's status is read from the result (`fill_results`). Results
+and transcripts are logs: their hashes expire `LOG_TTL_S` after their last write.
 """
 
 from __future__ import annotations
@@ -19,19 +21,28 @@ import redis
 
 from otto_farm import keys
 from otto_farm.errors import InfrastructureError, InputError
-from otto_farm.models import RunRecord, TaskResult, TaskSet
+from otto_farm.models import RunRecord, TaskResult, TaskSet, TaskStatus, Usage
 
 EVENTS_MAXLEN = 10_000
 CANCEL_TTL_S = 7 * 24 * 3600  # long after any job of the run could still be running
 LOG_TTL_S = 14 * 24 * 3600
 TASKSET_CACHE = 64  # task sets kept parsed per process: a run's never changes
 # What the run key holds: the record without its task set and results, which have keys of their own.
-_HEAD_ONLY: Any = {"taskset": True, "tasks": {"__all__": {"results"}}}
+_HEAD_ONLY: Any = {"taskset": True, "usage": True, "tasks": {"__all__": {"results"}}}
 
 
 def new_run_id() -> str:
     """Sorts by creation time; the random tail keeps two runs of one second apart."""
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def _count(pipe: Any, name: str, usage: Usage) -> None:
+    """Add `usage` to the usage counters in hash `name`, inside the caller's transaction."""
+    for counter, value in usage.model_dump().items():
+        if isinstance(value, float) and value:
+            pipe.hincrbyfloat(name, counter, value)
+        elif value:
+            pipe.hincrby(name, counter, value)
 
 
 def _field(key: str, run_no: int, attempt: int | None = None) -> str:
@@ -67,23 +78,34 @@ class Store:
 
     def get(self, run_id: str, tasks: Collection[str] | None = None) -> RunRecord:
         """The run record, with the results of `tasks` (default: every task's)."""
-        record = self._parse(run_id, cast(str | None, self.redis.get(keys.run_key(run_id))))
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.run_key(run_id))
+            pipe.hgetall(keys.usage_key(run_id))
+            raw, usage = pipe.execute()
+        record = self._parse(run_id, raw, usage)
         self.fill_results(record, record.tasks if tasks is None else tasks)
         return record
 
     def fill_results(self, record: RunRecord, tasks: Collection[str]) -> None:
-        """Load the stored results of these tasks into the record."""
+        """Load the stored results of these tasks into the record.
+
+        A running task whose current run has a result takes its status from it: the job is over,
+        and the batch callback has not folded it into the record yet.
+        """
         wanted = [(k, n) for k in tasks for n in range(1, record.tasks[k].runs + 1)]
         if not wanted:
             return
-        raws = cast(
-            list[str | None], self.redis.hmget(keys.results_key(record.run_id), [_field(*w) for w in wanted])
-        )
+        fields = [_field(*w) for w in wanted]
+        raws = cast(list[str | None], self.redis.hmget(keys.results_key(record.run_id), fields))
         for (key, _), raw in zip(wanted, raws, strict=True):
             if raw is not None:
                 record.tasks[key].results.append(TaskResult.model_validate_json(raw))
+        for key in tasks:
+            state = record.tasks[key]
+            if state.status is TaskStatus.running and state.last and state.last.run_no == state.runs:
+                state.status, state.reason = state.last.status, state.last.error
 
-    def _parse(self, run_id: str, raw: str | None) -> RunRecord:
+    def _parse(self, run_id: str, raw: str | None, usage: dict[str, str]) -> RunRecord:
         if raw is None:
             raise InputError("run", run_id, "no such run")
         taskset = self._tasksets.get(run_id)
@@ -95,47 +117,50 @@ class Store:
             if len(self._tasksets) >= TASKSET_CACHE:
                 self._tasksets.pop(next(iter(self._tasksets)))
             self._tasksets[run_id] = taskset
-        return RunRecord.model_validate({**json.loads(raw), "taskset": taskset})
+        return RunRecord.model_validate({**json.loads(raw), "taskset": taskset, "usage": usage})
 
-    def update(self, run_id: str, change: Callable[[RunRecord], None]) -> RunRecord:
+    def update(
+        self, run_id: str, change: Callable[[RunRecord], None], usage: Usage | None = None
+    ) -> RunRecord:
         """Apply `change` to the record under WATCH/MULTI, retrying on a concurrent write.
 
         `change` may run more than once, so it must only touch the record it is given. It sees no task
-        results (they are stored apart, by `add_result`), and neither does the record returned.
+        results (they are stored apart, by `add_result`), and neither does the record returned. The
+        run's usage is counted apart: `usage` is added to it in the same transaction.
         """
-        return cast(RunRecord, self._write(run_id, change, None))
-
-    def add_result(self, result: TaskResult, change: Callable[[RunRecord], None]) -> TaskResult:
-        """Store a result once per (task, run) with `change` to the record, atomically; the first wins.
-
-        Returns the result stored: this one, or the one stored before it.
-        """
-        kept = self._write(result.run_id, change, result)
-        return cast(TaskResult, kept)
-
-    def _write(self, run_id: str, change: Callable[[RunRecord], None], result: TaskResult | None) -> Any:
-        key, results = keys.run_key(run_id), keys.results_key(run_id)
+        key, usage_key = keys.run_key(run_id), keys.usage_key(run_id)
         while True:
             with self.redis.pipeline() as pipe:
                 try:
-                    if result is None:
-                        pipe.watch(key)
-                    else:
-                        pipe.watch(key, results)
-                    if result is not None:
-                        field = _field(result.task_key, result.run_no)
-                        existing = pipe.hget(results, field)
-                        if existing is not None:
-                            return TaskResult.model_validate_json(existing)
-                    record = self._parse(run_id, cast(str | None, pipe.get(key)))
+                    pipe.watch(key, usage_key)
+                    raw = cast(str | None, pipe.get(key))
+                    record = self._parse(run_id, raw, cast(dict[str, str], pipe.hgetall(usage_key)))
                     change(record)
                     pipe.multi()
                     pipe.set(key, record.model_dump_json(exclude=_HEAD_ONLY))
-                    if result is not None:
-                        pipe.hset(results, field, result.model_dump_json())
-                        pipe.expire(results, LOG_TTL_S)
+                    if usage is not None:
+                        _count(pipe, usage_key, usage)
                     pipe.execute()
-                    return result if result is not None else record
+                    return record
+                except redis.WatchError:
+                    continue
+
+    def add_result(self, result: TaskResult) -> TaskResult:
+        """Store a result once per (task, run) and count its usage; the first stored wins and is returned."""
+        results, field = keys.results_key(result.run_id), _field(result.task_key, result.run_no)
+        while True:
+            with self.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(results)
+                    existing = cast(str | None, pipe.hget(results, field))
+                    if existing is not None:
+                        return TaskResult.model_validate_json(existing)
+                    pipe.multi()
+                    pipe.hset(results, field, result.model_dump_json())
+                    pipe.expire(results, LOG_TTL_S)
+                    _count(pipe, keys.usage_key(result.run_id), result.usage)
+                    pipe.execute()
+                    return result
                 except redis.WatchError:
                     continue
 

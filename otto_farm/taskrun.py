@@ -15,7 +15,7 @@ from otto_farm import gitops, prompt, shell, verify
 from otto_farm.agents import AgentRequest, get_agent
 from otto_farm.errors import Cancelled, GitError
 from otto_farm.lease import DEFAULT_TTL_S, Lease
-from otto_farm.models import Attempt, RunRecord, RunStatus, TaskResult, TaskStatus, Usage
+from otto_farm.models import Attempt, RunRecord, TaskResult, TaskStatus, Usage
 from otto_farm.store import Store
 
 ATTEMPT_OUTPUT_CHARS = 8_000
@@ -151,16 +151,11 @@ def error_result(
 
 
 def save_result(store: Store, result: TaskResult) -> TaskResult:
-    """Store a result once per (task, run); the first stored wins and is returned."""
+    """Store a result once per (task, run); the first stored wins and is returned.
 
-    def change(record: RunRecord) -> None:
-        state = record.tasks[result.task_key]
-        if record.status is RunStatus.running:  # a cancelled run keeps its tasks as they were left
-            state.status = result.status
-            state.reason = result.error
-        record.usage = record.usage + result.usage
-
-    kept = store.add_result(result, change)
+    The run record is left alone: the batch callback folds the result into the task's state.
+    """
+    kept = store.add_result(result)
     if kept is result:
         store.emit(
             result.run_id,

@@ -9,7 +9,7 @@ import pytest
 
 from otto_farm import keys
 from otto_farm.errors import InputError
-from otto_farm.models import RunRecord, TaskResult, TaskStatus
+from otto_farm.models import RunRecord, TaskResult, TaskStatus, Usage
 from otto_farm.store import LOG_TTL_S, Store, new_run_id
 
 from conftest import make_record
@@ -19,28 +19,27 @@ def stored_record(store: Store, n: int = 3) -> RunRecord:
     record = make_record([{"key": f"t{i}", "prompt": "p"} for i in range(n)], {})
     record.run_id = new_run_id()
     for state in record.tasks.values():
-        state.runs = 1
+        state.status, state.runs = TaskStatus.running, 1
     store.create(record)
     return record
 
 
 def result(record: RunRecord, key: str, status: TaskStatus = TaskStatus.passed) -> TaskResult:
-    return TaskResult(run_id=record.run_id, task_key=key, run_no=1, batch=0, status=status)
-
-
-def mark(r: RunRecord, res: TaskResult) -> None:
-    r.tasks[res.task_key].status = res.status
+    usage = Usage(input_tokens=10, cost_usd=0.25)
+    return TaskResult(run_id=record.run_id, task_key=key, run_no=1, batch=0, status=status, usage=usage)
 
 
 def test_the_run_key_holds_neither_the_task_set_nor_results(store):
     record = stored_record(store)
-    store.add_result(result(record, "t0"), lambda r: mark(r, result(record, "t0")))
+    store.add_result(result(record, "t0"))
     head = json.loads(store.redis.get(keys.run_key(record.run_id)))
     assert "taskset" not in head and all("results" not in t for t in head["tasks"].values())
+    assert head["tasks"]["t0"]["status"] == "running"  # the batch callback folds the result in
     again = Store(store.redis).get(record.run_id)  # a fresh process: the task set read from its key
     assert again.taskset == record.taskset
     assert [r.task_key for r in again.tasks["t0"].results] == ["t0"]
-    assert again.tasks["t0"].status is TaskStatus.passed
+    assert again.tasks["t0"].status is TaskStatus.passed  # read from its result
+    assert again.usage == Usage(input_tokens=10, cost_usd=0.25)
     assert 0 < store.redis.ttl(keys.results_key(record.run_id)) <= LOG_TTL_S
     assert store.get(record.run_id, tasks=()).tasks["t0"].results == []
 
@@ -48,19 +47,18 @@ def test_the_run_key_holds_neither_the_task_set_nor_results(store):
 def test_the_first_result_of_a_run_wins(store):
     record = stored_record(store)
     first, second = result(record, "t1"), result(record, "t1", TaskStatus.failed)
-    assert store.add_result(first, lambda r: mark(r, first)) is first
-    kept = store.add_result(second, lambda r: mark(r, second))
-    assert kept == first
-    assert store.get(record.run_id).tasks["t1"].status is TaskStatus.passed
+    assert store.add_result(first) is first
+    assert store.add_result(second) == first
+    after = store.get(record.run_id)
+    assert after.tasks["t1"].status is TaskStatus.passed and after.usage.cost_usd == 0.25
 
 
 def test_concurrent_writers_lose_nothing(store):
     record = stored_record(store, n=20)
 
     def save(key: str) -> None:
-        res = result(record, key)
-        store.add_result(res, lambda r: mark(r, res))
-        store.update(record.run_id, lambda r: r.learnings.append(key))
+        store.add_result(result(record, key))
+        store.update(record.run_id, lambda r: r.learnings.append(key), usage=Usage(output_tokens=1))
 
     threads = [threading.Thread(target=save, args=(key,)) for key in record.tasks]
     for t in threads:
@@ -70,6 +68,7 @@ def test_concurrent_writers_lose_nothing(store):
     after = store.get(record.run_id)
     assert all(s.status is TaskStatus.passed and len(s.results) == 1 for s in after.tasks.values())
     assert sorted(after.learnings) == sorted(record.tasks)
+    assert after.usage == Usage(input_tokens=200, output_tokens=20, cost_usd=5.0)
 
 
 def test_transcripts_are_kept_per_attempt_with_a_ttl(store):
