@@ -57,38 +57,42 @@ def dispatch_next(store: Store, run_id: str, after: int) -> RunRecord | None:
     Only once batch `after` is the last one (-1: none yet), so the callback and the reconciler
     cannot both dispatch it; None if it was dispatched already.
     """
-    sent: list[bool] = []
+    opened: list[bool] = []
 
     def change(record: RunRecord) -> None:
-        sent[:] = [len(record.batches) == after + 1 and record.status is RunStatus.running]
-        if not sent[0]:
-            return
-        keys = record.plan.pop(0)
-        prev = record.batches[-1] if record.batches else None
-        record.batches.append(
-            BatchRecord(
-                index=len(record.batches),
-                tasks=keys,
-                base_ref=record.integration_branch if prev else record.base,
-                base_sha=(prev.merged_sha or record.base_sha) if prev else record.base_sha,
-            )
-        )
-        for key in keys:
-            state = record.tasks[key]
-            state.status, state.batch, state.runs = (
-                TaskStatus.running,
-                len(record.batches) - 1,
-                state.runs + 1,
-            )
+        opened[:] = [len(record.batches) == after + 1 and record.status is RunStatus.running]
+        if opened[0]:
+            _open_next(record)
 
     record = store.update(run_id, change)
-    if not sent[0]:
+    if not opened[0]:
         return None
-    _send_batch(record, record.batches[-1])
-    store.emit(
-        run_id, "batch_started", batch=len(record.batches) - 1, tasks=",".join(record.batches[-1].tasks)
-    )
+    _send_next(store, record)
     return record
+
+
+def _open_next(record: RunRecord) -> None:
+    """Record the next planned batch as running: its tasks at their next run."""
+    keys = record.plan.pop(0)
+    prev = record.batches[-1] if record.batches else None
+    record.batches.append(
+        BatchRecord(
+            index=len(record.batches),
+            tasks=keys,
+            base_ref=record.integration_branch if prev else record.base,
+            base_sha=(prev.merged_sha or record.base_sha) if prev else record.base_sha,
+        )
+    )
+    for key in keys:
+        state = record.tasks[key]
+        state.status, state.batch, state.runs = TaskStatus.running, len(record.batches) - 1, state.runs + 1
+
+
+def _send_next(store: Store, record: RunRecord) -> None:
+    """Send the chord of the batch `_open_next` recorded."""
+    batch = record.batches[-1]
+    _send_batch(record, batch)
+    store.emit(record.run_id, "batch_started", batch=batch.index, tasks=",".join(batch.tasks))
 
 
 def reconcile(store: Store, work_dir: Path, run_id: str) -> str | None:
@@ -327,7 +331,7 @@ def apply_pilot(store: Store, run_id: str, index: int, answer: PilotAnswer) -> N
 
 
 def _conclude(record: RunRecord, index: int, decision: Decision) -> None:
-    """Apply the batch's decision to the record and close the batch (and the run, if nothing is left)."""
+    """Apply the batch's decision, close the batch, and open the next one (or end the run)."""
     batch = record.batches[index]
     batch.decision = decision
     for key, guidance in decision.retry.items():
@@ -350,10 +354,12 @@ def _conclude(record: RunRecord, index: int, decision: Decision) -> None:
         done = all(s.status is TaskStatus.passed for s in record.tasks.values())
         record.status = RunStatus.passed if done else RunStatus.failed
         record.finished_at = utcnow()
+    else:  # in the same write: one record update fewer at each batch boundary
+        _open_next(record)
 
 
 def _advance(store: Store, record: RunRecord, index: int) -> None:
-    """After a batch is concluded: report the decision, then dispatch the next batch or end the run."""
+    """After a batch is concluded: report the decision, then send the next batch's chord or end the run."""
     decision = record.batches[index].decision
     if decision is not None:
         store.emit(
@@ -366,7 +372,7 @@ def _advance(store: Store, record: RunRecord, index: int) -> None:
             batches=len(decision.batches),
         )
     if record.status is RunStatus.running:
-        dispatch_next(store, record.run_id, after=index)
+        _send_next(store, record)
     else:
         store.emit(record.run_id, "run_finished", status=record.status.value, sha=record.integration_sha)
 
