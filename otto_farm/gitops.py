@@ -136,9 +136,7 @@ def release(worktree: Path) -> None:
 
     Only HEAD moves: a checkout would stat every file of the tree again for nothing.
     """
-    sha = git(["rev-parse", "HEAD"], cwd=worktree, check=False).strip()
-    if sha:
-        git(["update-ref", "--no-deref", "HEAD", sha], cwd=worktree, check=False)
+    git(["update-ref", "--no-deref", "HEAD", "HEAD"], cwd=worktree, check=False)  # HEAD: its own sha
 
 
 def untracked(worktree: Path) -> list[str]:
