@@ -148,10 +148,14 @@ def untracked(worktree: Path) -> list[str]:
 def commit_all(worktree: Path, message: str, exclude: Sequence[str] = ()) -> bool:
     """Commit every change in the worktree except `exclude`; False when there was nothing to commit."""
     git(["add", "-A", "--", ".", *(f":(exclude,literal){p}" for p in exclude)], cwd=worktree)
+    args = ["commit", "-q", "--no-verify", "-m", message]
+    proc = _run(args, worktree)
+    if proc.returncode == 0:
+        return True
+    # Asked only when the commit failed: one git process fewer in the usual case.
     if succeeds(["diff", "--cached", "--quiet"], cwd=worktree):
         return False
-    git(["commit", "-q", "--no-verify", "-m", message], cwd=worktree)
-    return True
+    raise GitError(args, proc.stderr + proc.stdout)
 
 
 @functools.lru_cache(maxsize=64)

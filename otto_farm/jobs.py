@@ -6,13 +6,13 @@ import contextlib
 from functools import cache
 from typing import Any
 
-from celery import bootsteps
+from celery import bootsteps, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 from redis.exceptions import LockError
 
 from otto_farm import coordinator, keys, pilot, taskrun
-from otto_farm.celery_app import CONTROL_QUEUE, app
+from otto_farm.celery_app import CONTROL_QUEUE, PILOT_QUEUE, app
 from otto_farm.lease import Lease
 from otto_farm.models import BatchStatus, PilotAnswer
 from otto_farm.settings import Settings
@@ -69,6 +69,18 @@ def run_task(self: Any, run_id: str, task_key: str, run_no: int, batch: int) -> 
 def batch_done(results: list[dict[str, Any]], run_id: str, batch: int) -> None:
     """The chord callback of one batch."""
     coordinator.finish_batch(_store(), _settings().resolved_work_dir, run_id, batch, results)
+
+
+@signals.worker_init.connect
+def _import_the_sdk(sender: Any, **kwargs: Any) -> None:
+    """A worker on the pilot queue imports the anthropic SDK before it forks its pool processes.
+
+    Imported lazily (pilot.AnthropicClient), it cost each pool process's first pilot call about two
+    seconds, at a batch boundary (bench/, benchmark 2).
+    """
+    consumed = sender.app.amqp.queues.consume_from
+    if consumed is None or PILOT_QUEUE in consumed:
+        import anthropic  # noqa: F401
 
 
 @app.task(name="otto_farm.pilot")

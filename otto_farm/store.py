@@ -67,11 +67,12 @@ class Store:
             raise InfrastructureError(f"run store unreachable: {exc}") from exc
 
     def create(self, record: RunRecord) -> None:
+        # The task set first: a reader that finds the record finds its task set too.
+        self.redis.set(keys.taskset_key(record.run_id), record.taskset.model_dump_json())
         if not self.redis.set(
             keys.run_key(record.run_id), record.model_dump_json(exclude=_HEAD_ONLY), nx=True
         ):
             raise InfrastructureError(f"run {record.run_id} exists already")
-        self.redis.set(keys.taskset_key(record.run_id), record.taskset.model_dump_json())
         self.redis.zadd(keys.runs_index_key(), {record.run_id: record.created_at.timestamp()})
         self.redis.sadd(keys.active_runs_key(), record.run_id)
         self.emit(record.run_id, "run_started", total=len(record.tasks))
