@@ -41,7 +41,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
         "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
         "result_expires": 7 * 24 * 3600,
-        "task_track_started": True,
+        # Not STARTED in the result backend: a write per job that nobody reads; Flower takes a job's
+        # start from worker events, `otto-farm status` from the run's event stream.
+        "task_track_started": False,
         "worker_send_task_events": True,
         # No task-sent events: they doubled the cost of sending a chord (bench/, issue 7). Flower shows
         # a job from the moment a worker receives it; the queue lengths show what waits.

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from celery import Signature, chain, chord
-
-from otto_farm import gitops, lease, pilot, taskrun
-from otto_farm.celery_app import CONTROL_QUEUE, PILOT_QUEUE, TASKS_QUEUE, app
+from otto_farm import chords, gitops, lease, pilot, taskrun
 from otto_farm.errors import InputError
 from otto_farm.models import (
     BatchRecord,
@@ -25,8 +22,6 @@ from otto_farm.plan import initial, replan
 from otto_farm.store import Store, new_run_id
 from otto_farm.taskset import LoadedTaskSet
 
-# Beyond the agent's own limit: time for git, verify start-up and reporting before Celery steps in.
-SOFT_LIMIT_GRACE_S, HARD_LIMIT_GRACE_S = 60, 120
 CALLBACK_LOCK_S = 900
 
 
@@ -91,7 +86,7 @@ def _open_next(record: RunRecord) -> None:
 def _send_next(store: Store, record: RunRecord) -> None:
     """Send the chord of the batch `_open_next` recorded."""
     batch = record.batches[-1]
-    _send_batch(record, batch)
+    chords.send_batch(record, batch)
     store.emit(record.run_id, "batch_started", batch=batch.index, tasks=",".join(batch.tasks))
 
 
@@ -118,7 +113,7 @@ def reconcile(store: Store, work_dir: Path, run_id: str) -> str | None:
         if jid not in claimed or lease.alive(store.redis, jid):
             return None
         lease.drop_claim(store.redis, run_id, jid)
-        _send_pilot(record, batch.index)
+        chords.send_pilot(record, batch.index)
         store.emit(run_id, "pilot_resent", batch=batch.index)
         return f"asked the pilot again after batch {batch.index + 1}"
     store.fill_results(record, batch.tasks)
@@ -135,15 +130,14 @@ def reconcile(store: Store, work_dir: Path, run_id: str) -> str | None:
     ]
     for key, jid in lost:
         lease.drop_claim(store.redis, run_id, jid)
-        ended = app.AsyncResult(jid)
-        if ended.state == "FAILURE":  # Celery killed it (hard time limit): running it again would too
+        if (why := chords.killed(jid)) is not None:  # at the hard time limit: running it again would too
             failed = taskrun.error_result(
                 run_id, key, record.tasks[key].runs, batch.index, "", error_code="job_killed"
             )
-            failed.error = f"Celery ended the job: {ended.result!r}"[-2000:]
+            failed.error = f"Celery ended the job: {why}"[-2000:]
             taskrun.save_result(store, failed)
         else:  # its worker died: on its own, outside the chord; a later sweep finishes the batch
-            _job(record, batch.index, key).apply_async()
+            chords.job(record, batch.index, key).apply_async()
             store.emit(run_id, "job_resent", batch=batch.index, task=key)
     return f"looked after lost jobs {', '.join(k for k, _ in lost)}" if lost else None
 
@@ -151,71 +145,6 @@ def reconcile(store: Store, work_dir: Path, run_id: str) -> str | None:
 def _stored(record: RunRecord, key: str) -> bool:
     """Whether the task's current run has its result in the record."""
     return any(r.run_no == record.tasks[key].runs for r in record.tasks[key].results)
-
-
-def _job(record: RunRecord, index: int, key: str) -> Signature:
-    """The run_task job of a task's current run in batch `index`."""
-    run_no, timeout_s = record.tasks[key].runs, record.taskset.timeout_s
-    return app.signature(
-        "otto_farm.run_task",
-        args=(record.run_id, key, run_no, index),
-        queue=TASKS_QUEUE,
-        task_id=taskrun.job_id(record.run_id, index, key, run_no),
-        soft_time_limit=timeout_s + SOFT_LIMIT_GRACE_S,
-        time_limit=timeout_s + HARD_LIMIT_GRACE_S,
-    )
-
-
-def _send_batch(record: RunRecord, batch: BatchRecord) -> None:
-    """The batch's chord: one run_task per task (at its current run) and the batch_done callback."""
-    run_id = record.run_id
-    header = [_job(record, batch.index, key) for key in batch.tasks]
-    callback = app.signature(
-        "otto_farm.batch_done",
-        args=(run_id, batch.index),
-        queue=CONTROL_QUEUE,
-        task_id=f"{run_id}.b{batch.index}.done",
-    )
-    chord(header)(callback)
-    _untrack([sig.id for sig in header])
-
-
-def _send_pilot(record: RunRecord, index: int) -> None:
-    """The pilot job chained to the step that applies its answer."""
-    run_id, timeout_s = record.run_id, record.taskset.pilot.timeout_s
-    chain(
-        app.signature(
-            "otto_farm.pilot",
-            args=(run_id, index),
-            queue=PILOT_QUEUE,
-            task_id=pilot.job_id(run_id, index),
-            # The request and the SDK's two retries; past that Celery interrupts it, caught as an error.
-            soft_time_limit=3 * timeout_s + SOFT_LIMIT_GRACE_S,
-            time_limit=3 * timeout_s + HARD_LIMIT_GRACE_S,
-        ),
-        app.signature(
-            "otto_farm.apply_pilot",
-            args=(run_id, index),
-            queue=CONTROL_QUEUE,
-            task_id=f"{run_id}.b{index}.apply",
-        ),
-    ).apply_async()
-
-
-def _untrack(task_ids: list[str]) -> None:
-    """Drop Celery's local tracking of the header results: nobody here waits on them.
-
-    Celery 5.x keeps them (and a pubsub subscription each) until a result drainer sees them finish;
-    with none running they pile up in a long-lived control worker, and unsubscribe at interpreter
-    exit, when an embedded Redis may be gone. There is no public API to drop them by id.
-    """
-    backend = app.backend
-    for mapping in getattr(backend, "_pending_results", ()):
-        for task_id in task_ids:
-            mapping.pop(task_id, None)
-    if hasattr(backend, "result_consumer"):
-        for task_id in task_ids:
-            backend.result_consumer.cancel_for(task_id)
 
 
 def finish_batch(
@@ -293,7 +222,7 @@ def finish_batch(
     )
     if record.batches[index].status is BatchStatus.deciding:
         store.emit(run_id, "pilot_started", batch=index)
-        _send_pilot(record, index)
+        chords.send_pilot(record, index)
     else:
         _advance(store, record, index)
 
@@ -413,10 +342,10 @@ def resume(store: Store, run_id: str) -> str:
         return f"dispatched batch {len(record.batches) + 1}"
     batch = record.batches[-1]
     if batch.status is BatchStatus.deciding:
-        _send_pilot(record, batch.index)
+        chords.send_pilot(record, batch.index)
         return f"asked the pilot again after batch {batch.index + 1}"
     done = [k for k in batch.tasks if _stored(record, k)]
-    _send_batch(record, batch)
+    chords.send_batch(record, batch)
     store.emit(run_id, "batch_resumed", batch=batch.index)
     return (
         f"re-sent batch {batch.index + 1}: {len(batch.tasks) - len(done)} of {len(batch.tasks)} jobs to run"

@@ -10,7 +10,7 @@ import time
 import pytest
 from celery import group
 
-from otto_farm import coordinator, taskset
+from otto_farm import chords, coordinator, taskset
 from otto_farm.celery_app import app
 from otto_farm.errors import InputError
 from otto_farm.models import RunStatus, TaskStatus
@@ -82,7 +82,7 @@ def test_resume_resends_a_lost_batch_without_rerunning_finished_tasks(
         )
     )
     # The broker loses the first chord: it is recorded as dispatched but never sent.
-    monkeypatch.setattr(coordinator, "chord", lambda header: lambda callback: None)
+    monkeypatch.setattr(chords, "chord", lambda header: lambda callback: None)
     run_id = coordinator.start(store, loaded).run_id
     monkeypatch.undo()
     # One of its jobs did run (say, before the loss) and stored its result.
@@ -125,7 +125,7 @@ def test_reconciler_advances_a_batch_whose_callback_never_fired(
         )
     )
     # The first batch's jobs run and store their results, but its chord callback is lost.
-    monkeypatch.setattr(coordinator, "chord", lambda header: lambda callback: group(header).apply_async())
+    monkeypatch.setattr(chords, "chord", lambda header: lambda callback: group(header).apply_async())
     run_id = coordinator.start(store, loaded).run_id
     record = wait_for_run(store, run_id)
     assert record.status is RunStatus.passed and len(record.batches) == 2

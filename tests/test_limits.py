@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from otto_farm import coordinator
+from otto_farm import chords
 from otto_farm.models import RunStatus, TaskStatus
 
 
@@ -29,7 +29,7 @@ def test_agent_past_the_job_deadline_ends_as_timeout(make_repo, write_taskset, r
 
 
 def test_soft_time_limit_is_caught_inside_the_job(make_repo, write_taskset, run_taskset, monkeypatch):
-    monkeypatch.setattr(coordinator, "SOFT_LIMIT_GRACE_S", -28)  # Celery's soft limit at 2 s
+    monkeypatch.setattr(chords, "SOFT_LIMIT_GRACE_S", -28)  # Celery's soft limit at 2 s
     record = run_taskset(write_taskset(slow_set(make_repo(), timeout_s=30)))
     slow = record.tasks["slow"]
     assert slow.status is TaskStatus.timeout and slow.last.error_code == "job_timeout"
@@ -39,14 +39,14 @@ def test_soft_time_limit_is_caught_inside_the_job(make_repo, write_taskset, run_
 def test_job_that_raises_is_reported_as_an_error_and_the_run_goes_on(
     make_repo, write_taskset, run_taskset, monkeypatch
 ):
-    signature = coordinator.app.signature
+    signature = chords.app.signature
 
     def breaking(name, args=(), **options):  # the slow task's job gets a batch index it cannot load
         if name == "otto_farm.run_task" and args[1] == "slow":
             args = (*args[:3], 99)
         return signature(name, args=args, **options)
 
-    monkeypatch.setattr(coordinator.app, "signature", breaking)
+    monkeypatch.setattr(chords.app, "signature", breaking)
     record = run_taskset(write_taskset(slow_set(make_repo(), timeout_s=30)))
     slow = record.tasks["slow"]
     assert slow.status is TaskStatus.error and slow.last.error_code == "infrastructure"

@@ -9,7 +9,7 @@ import time
 import pytest
 from celery.exceptions import TimeLimitExceeded
 
-from otto_farm import coordinator, keys, taskrun, taskset
+from otto_farm import chords, coordinator, keys, taskrun, taskset
 from otto_farm.celery_app import TASKS_QUEUE, app
 from otto_farm.lease import Lease, alive, claims
 from otto_farm.models import RunStatus, TaskStatus
@@ -126,7 +126,7 @@ def test_a_job_celery_killed_at_its_hard_time_limit_ends_as_an_error_and_the_run
     }
     # What a hard time limit leaves: the job claimed, its lease gone with the killed pool process, its
     # Celery state FAILURE, the chord stuck. (A real one takes minutes: the soft limit comes first.)
-    monkeypatch.setattr(coordinator, "chord", lambda header: lambda callback: header[1].apply_async())
+    monkeypatch.setattr(chords, "chord", lambda header: lambda callback: header[1].apply_async())
     run_id = coordinator.start(store, taskset.load(write_taskset(data))).run_id
     monkeypatch.undo()
     stuck = taskrun.job_id(run_id, 0, "stuck", 1)

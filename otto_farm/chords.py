@@ -1,0 +1,83 @@
+"""A batch as Celery messages: a chord of run_task jobs with its batch_done callback, and the pilot chain."""
+
+from __future__ import annotations
+
+from celery import Signature, chain, chord
+
+from otto_farm import pilot, taskrun
+from otto_farm.celery_app import CONTROL_QUEUE, PILOT_QUEUE, TASKS_QUEUE, app
+from otto_farm.models import BatchRecord, RunRecord
+
+# Beyond the agent's own limit: time for git, verify start-up and reporting before Celery steps in.
+SOFT_LIMIT_GRACE_S, HARD_LIMIT_GRACE_S = 60, 120
+
+
+def job(record: RunRecord, index: int, key: str) -> Signature:
+    """The run_task job of a task's current run in batch `index`."""
+    run_no, timeout_s = record.tasks[key].runs, record.taskset.timeout_s
+    return app.signature(
+        "otto_farm.run_task",
+        args=(record.run_id, key, run_no, index),
+        queue=TASKS_QUEUE,
+        task_id=taskrun.job_id(record.run_id, index, key, run_no),
+        soft_time_limit=timeout_s + SOFT_LIMIT_GRACE_S,
+        time_limit=timeout_s + HARD_LIMIT_GRACE_S,
+    )
+
+
+def send_batch(record: RunRecord, batch: BatchRecord) -> None:
+    """The batch's chord: one run_task per task (at its current run) and the batch_done callback."""
+    run_id = record.run_id
+    header = [job(record, batch.index, key) for key in batch.tasks]
+    callback = app.signature(
+        "otto_farm.batch_done",
+        args=(run_id, batch.index),
+        queue=CONTROL_QUEUE,
+        task_id=f"{run_id}.b{batch.index}.done",
+    )
+    chord(header)(callback)
+    _untrack([sig.id for sig in header])
+
+
+def send_pilot(record: RunRecord, index: int) -> None:
+    """The pilot job chained to the step that applies its answer."""
+    run_id, timeout_s = record.run_id, record.taskset.pilot.timeout_s
+    chain(
+        app.signature(
+            "otto_farm.pilot",
+            args=(run_id, index),
+            queue=PILOT_QUEUE,
+            task_id=pilot.job_id(run_id, index),
+            # The request and the SDK's two retries; past that Celery interrupts it, caught as an error.
+            soft_time_limit=3 * timeout_s + SOFT_LIMIT_GRACE_S,
+            time_limit=3 * timeout_s + HARD_LIMIT_GRACE_S,
+        ),
+        app.signature(
+            "otto_farm.apply_pilot",
+            args=(run_id, index),
+            queue=CONTROL_QUEUE,
+            task_id=f"{run_id}.b{index}.apply",
+        ),
+    ).apply_async()
+
+
+def _untrack(task_ids: list[str]) -> None:
+    """Drop Celery's local tracking of the header results: nobody here waits on them.
+
+    Celery 5.x keeps them (and a pubsub subscription each) until a result drainer sees them finish;
+    with none running they pile up in a long-lived control worker, and unsubscribe at interpreter
+    exit, when an embedded Redis may be gone. There is no public API to drop them by id.
+    """
+    backend = app.backend
+    for mapping in getattr(backend, "_pending_results", ()):
+        for task_id in task_ids:
+            mapping.pop(task_id, None)
+    if hasattr(backend, "result_consumer"):
+        for task_id in task_ids:
+            backend.result_consumer.cancel_for(task_id)
+
+
+def killed(job_id: str) -> str | None:
+    """Why Celery failed a job (it kills a job's process at the hard time limit), or None."""
+    ended = app.AsyncResult(job_id)
+    return repr(ended.result) if ended.state == "FAILURE" else None
