@@ -267,13 +267,14 @@ def wait_events(store: Store, run_id: str, timeout_s: float = RUN_TIMEOUT_S) -> 
 
 def boundaries(events: list[dict[str, str]]) -> list[dict[str, float]]:
     """Per batch boundary k→k+1: last task_finished of k, batch_merged of k, batch_started and first
-    task_started of k+1 (seconds since the epoch, from the events' `ts`)."""
+    task_started of k+1; in ms, from the events' `ts` (seconds with ms resolution: whole ms, so float
+    error cannot put a 25 ms boundary past 25)."""
     last_fin: dict[int, float] = {}
     first_start: dict[int, float] = {}
     merged: dict[int, float] = {}
     started: dict[int, float] = {}
     for e in events:
-        ts, kind = float(e["ts"]), e["kind"]
+        ts, kind = float(round(float(e["ts"]) * 1000)), e["kind"]
         if kind == "task_finished":
             b = int(e["batch"])
             last_fin[b] = max(last_fin.get(b, 0.0), ts)
@@ -374,7 +375,7 @@ def bench_overhead(b: Bench, repeats: int, layers: int) -> tuple[str, dict[str, 
             attempts_s = sum(a.duration_s for res in results for a in res.attempts)
             bs = boundaries(events)
             bounds += bs
-            merge_s = sum(x["to_merged"] for x in bs) + _last_merge(events)
+            merge_s = sum(x["to_merged"] for x in bs) / 1000 + _last_merge(events)
             makespan = t1 - t0
             rows["base"].append(base_s / n * 1000)
             rows["farm"].append(makespan / n * 1000)
@@ -501,7 +502,7 @@ def bench_boundary(
     applied = sum(o == "applied" for o in outcomes)
 
     def row(label: str, bs: list[dict[str, float]]) -> list[Any]:
-        tot = [x["total"] * 1000 for x in bs]
+        tot = [x["total"] for x in bs]
         if not tot:
             return [label, 0, "n/a (run with overhead)", "", "", "", "", ""]
         return [
@@ -510,12 +511,12 @@ def bench_boundary(
             f"{pct(tot, 50):.1f}",
             f"{pct(tot, 95):.1f}",
             f"{min(tot):.1f}–{max(tot):.1f}",
-            f"{med([x['to_merged'] * 1000 for x in bs]):.1f}",
-            f"{med([x['merged_to_dispatch'] * 1000 for x in bs]):.1f}",
-            f"{med([x['dispatch_to_start'] * 1000 for x in bs]):.1f}",
+            f"{med([x['to_merged'] for x in bs]):.1f}",
+            f"{med([x['merged_to_dispatch'] for x in bs]):.1f}",
+            f"{med([x['dispatch_to_start'] for x in bs]):.1f}",
         ]
 
-    p50 = pct([x["total"] * 1000 for x in no_pilot_bounds], 50)
+    p50 = pct([x["total"] for x in no_pilot_bounds], 50)
     md = [
         "### 2. Batch-boundary latency (last `task_finished` of batch k → first `task_started` of batch k+1)",
         "",
