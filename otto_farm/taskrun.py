@@ -174,15 +174,15 @@ def _execute(job: _Job, work_dir: Path, result: TaskResult, progress: Progress) 
     ts = record.taskset
     base = record.batches[job.batch]
     cache = gitops.RepoCache(work_dir, record.repo)
-    progress("fetch", 0)
     if not cache.has_commit(base.base_sha):  # a warm cache often has it: the batch's base is shared
+        progress("fetch", 0)  # only when it happens: each report is a few Redis round trips
         cache.fetch([base.base_ref])
-    if not cache.has_commit(base.base_sha):
-        result.error_code, result.error = (
-            "base_missing",
-            f"base commit {base.base_sha} not on {base.base_ref}",
-        )
-        return
+        if not cache.has_commit(base.base_sha):
+            result.error_code, result.error = (
+                "base_missing",
+                f"base commit {base.base_sha} not on {base.base_ref}",
+            )
+            return
     env = shell.safe_env({"OTTO_FARM_TASKSET_DIR": record.taskset_dir})
     with cache.slot(base.base_sha) as wt:
         try:
