@@ -113,6 +113,10 @@ def reconcile(store: Store, work_dir: Path, run_id: str) -> str | None:
         if jid not in claimed or lease.alive(store.redis, jid):
             return None
         lease.drop_claim(store.redis, run_id, jid)
+        if (why := chords.killed(jid)) is not None:  # asking again would meet the same limit
+            ended = PilotAnswer(batch=batch.index, model="", error=f"Celery ended the pilot job: {why}")
+            apply_pilot(store, run_id, batch.index, ended)  # the replan decides
+            return f"the replan decided after batch {batch.index + 1}"
         chords.send_pilot(record, batch.index)
         store.emit(run_id, "pilot_resent", batch=batch.index)
         return f"asked the pilot again after batch {batch.index + 1}"

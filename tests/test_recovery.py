@@ -9,12 +9,13 @@ import time
 import pytest
 from celery.exceptions import TimeLimitExceeded
 
-from otto_farm import chords, coordinator, keys, taskrun, taskset
+from otto_farm import chords, coordinator, keys, pilot, taskrun, taskset
 from otto_farm.celery_app import TASKS_QUEUE, app
 from otto_farm.lease import Lease, alive, claims
-from otto_farm.models import RunStatus, TaskStatus
+from otto_farm.models import BatchRecord, BatchStatus, RunStatus, TaskState, TaskStatus
+from otto_farm.store import new_run_id
 
-from conftest import start_worker, wait_for_run
+from conftest import make_record, start_worker, wait_for_run
 
 JOB = "lease-run.b0.a.r1"
 
@@ -137,3 +138,23 @@ def test_a_job_celery_killed_at_its_hard_time_limit_ends_as_an_error_and_the_run
     [result] = record.tasks["stuck"].results
     assert result.error_code == "job_killed" and "TimeLimitExceeded" in (result.error or "")
     assert record.tasks["ok"].merged_sha == record.integration_sha
+
+
+@pytest.mark.filterwarnings("ignore:Call to deprecated setex")  # inside Celery's Redis backend
+def test_a_pilot_job_celery_killed_leaves_the_decision_to_the_replan(store, worker):
+    failed = TaskState(key="a", status=TaskStatus.failed, batch=0, runs=1)
+    record = make_record([{"key": "a", "prompt": "p"}], {"a": failed}, max_task_runs=1)
+    record.run_id = new_run_id()
+    record.batches = [BatchRecord(index=0, tasks=["a"], base_ref="main", base_sha="0" * 40)]
+    record.batches[0].status = BatchStatus.deciding
+    store.create(record)
+    # What a pilot job killed at its hard time limit leaves: its claim, no lease, Celery's FAILURE.
+    jid = pilot.job_id(record.run_id, 0)
+    store.redis.sadd(keys.claims_key(record.run_id), jid)
+    app.backend.mark_as_failure(jid, TimeLimitExceeded(3))
+    after = wait_for_run(store, record.run_id, timeout_s=30)
+    assert after.status is RunStatus.failed
+    entry = after.batches[0].pilot
+    assert entry is not None and entry.outcome == "fallback_replan"
+    assert "TimeLimitExceeded" in (entry.error or "")
+    assert "pilot_resent" not in [e["kind"] for _, e in store.events(record.run_id)]
