@@ -179,6 +179,11 @@ def finish_batch(
         if missing:
             current = store.get(run_id, tasks=current.batches[index].tasks)
         batch = current.batches[index]
+        if not all(_stored(current, k) for k in batch.tasks):
+            # Fired early: a job delivered twice counts twice in Celery's chord counter (celery#4207).
+            # The sweep finishes the batch once every result is in.
+            store.emit(run_id, "callback_early", batch=index)
+            return
         candidates = [
             (k, taskrun.branch_name(run_id, k))
             for k in batch.tasks

@@ -158,3 +158,21 @@ def test_a_pilot_job_celery_killed_leaves_the_decision_to_the_replan(store, work
     assert entry is not None and entry.outcome == "fallback_replan"
     assert "TimeLimitExceeded" in (entry.error or "")
     assert "pilot_resent" not in [e["kind"] for _, e in store.events(record.run_id)]
+
+
+def test_a_callback_that_fires_before_every_result_is_in_waits_for_the_sweep(
+    make_repo, write_taskset, store, worker, tmp_path
+):
+    log = tmp_path / "agent.log"
+    data = {"repo": str(make_repo()), **agent_taskset(log, ["a"], 0)}
+    data["tasks"].append({"key": "slow", "prompt": "p", "agent": {"command": "sleep 4; touch slow.txt"}})
+    run_id = coordinator.start(store, taskset.load(write_taskset(data))).run_id
+    wait_for(lambda: store.get(run_id).tasks["a"].results != [])
+    # As when a duplicate delivery of `a` counted twice: the callback fires with `slow` still running.
+    early = [store.get(run_id).tasks["a"].results[0].model_dump(mode="json")]
+    app.signature("otto_farm.batch_done", args=(early, run_id, 0)).apply_async().get(timeout=30)
+    record = wait_for_run(store, run_id)
+    assert record.status is RunStatus.passed
+    assert all(s.merged_sha == record.integration_sha for s in record.tasks.values())
+    kinds = [e["kind"] for _, e in store.events(run_id)]
+    assert kinds.count("callback_early") == 1 and kinds.count("batch_merged") == 1
