@@ -166,6 +166,28 @@ def write_taskset(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+def wait_for(predicate: Callable[[], object], timeout_s: float = 30) -> None:
+    """Poll until `predicate` holds, failing the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def a_then_b_and_c(repo: Path) -> dict[str, Any]:
+    """A small task set in two batches: a, then b and c, each writing its own file."""
+    return {
+        "repo": str(repo),
+        "verify": "test -f a.txt",
+        "agent": {"command": "echo $OTTO_FARM_TASK_KEY > $OTTO_FARM_TASK_KEY.txt"},
+        "tasks": [
+            {"key": "a", "prompt": "make a"},
+            {"key": "b", "prompt": "make b", "depends_on": ["a"]},
+            {"key": "c", "prompt": "make c", "depends_on": ["a"]},
+        ],
+    }
+
+
 def wait_for_run(store: Store, run_id: str, timeout_s: float = RUN_TIMEOUT_S) -> RunRecord:
     deadline = time.monotonic() + timeout_s
     while (record := store.get(run_id)).status is RunStatus.running:

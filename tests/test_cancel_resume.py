@@ -15,14 +15,7 @@ from otto_farm.celery_app import app
 from otto_farm.errors import InputError
 from otto_farm.models import RunStatus, TaskStatus
 
-from conftest import gone_soon, wait_for_run
-
-
-def wait_for(predicate, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
+from conftest import gone_soon, wait_for, wait_for_run
 
 
 def test_cancel_interrupts_running_jobs_and_dispatches_nothing_more(

@@ -24,7 +24,7 @@ from otto_farm.celery_app import CONTROL_QUEUE, TASKS_QUEUE
 from otto_farm.models import RunStatus, TaskStatus
 from otto_farm.settings import MAX_JOB_TIMEOUT_S, Settings
 
-from conftest import Worker, free_port, start_worker, wait_for_run
+from conftest import Worker, a_then_b_and_c, free_port, start_worker, wait_for_run
 
 # Debian's /usr/sbin/rabbitmq-server switches root to the rabbitmq user and its HOME; the script it wraps
 # runs as whoever calls it.
@@ -125,18 +125,7 @@ def amqp_worker(amqp_settings: Settings) -> Iterator[Worker]:
 
 
 def test_run_with_rabbitmq_broker(amqp_settings, amqp_worker, store, make_repo, write_taskset):
-    path = write_taskset(
-        {
-            "repo": str(make_repo()),
-            "verify": "test -f a.txt",
-            "agent": {"command": "echo $OTTO_FARM_TASK_KEY > $OTTO_FARM_TASK_KEY.txt"},
-            "tasks": [
-                {"key": "a", "prompt": "make a"},
-                {"key": "b", "prompt": "make b", "depends_on": ["a"]},
-                {"key": "c", "prompt": "make c", "depends_on": ["a"]},
-            ],
-        }
-    )
+    path = write_taskset(a_then_b_and_c(make_repo()))
     with kombu.Connection(amqp_settings.broker_url) as conn:
         # A copy of each message RabbitMQ delivers from the jobs' and the callbacks' queue (the firehose).
         trace = kombu.Exchange("amq.rabbitmq.trace", "topic", passive=True)

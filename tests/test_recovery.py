@@ -15,7 +15,7 @@ from otto_farm.lease import Lease, alive, claims
 from otto_farm.models import BatchRecord, BatchStatus, RunStatus, TaskState, TaskStatus
 from otto_farm.store import new_run_id
 
-from conftest import make_record, start_worker, wait_for_run
+from conftest import make_record, start_worker, wait_for, wait_for_run
 
 JOB = "lease-run.b0.a.r1"
 
@@ -51,13 +51,6 @@ def agent_taskset(log, keys_: list[str], sleep_s: float) -> dict:
         },
         "tasks": [{"key": k, "prompt": k} for k in keys_],
     }
-
-
-def wait_for(predicate, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_a_second_delivery_while_the_first_runs_waits_for_its_result(

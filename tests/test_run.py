@@ -5,7 +5,7 @@ from __future__ import annotations
 from otto_farm.gitops import git
 from otto_farm.models import RunStatus, TaskStatus
 
-from conftest import branch_files
+from conftest import a_then_b_and_c, branch_files
 
 
 def write_file_agent(name: str, text: str) -> dict[str, str]:
@@ -14,18 +14,7 @@ def write_file_agent(name: str, text: str) -> dict[str, str]:
 
 def test_all_pass_in_dependency_order(make_repo, write_taskset, run_taskset):
     repo = make_repo()
-    path = write_taskset(
-        {
-            "repo": str(repo),
-            "verify": "test -f a.txt",
-            "agent": {"command": "echo $OTTO_FARM_TASK_KEY > $OTTO_FARM_TASK_KEY.txt"},
-            "tasks": [
-                {"key": "a", "prompt": "make a"},
-                {"key": "b", "prompt": "make b", "depends_on": ["a"]},
-                {"key": "c", "prompt": "make c", "depends_on": ["a"]},
-            ],
-        }
-    )
+    path = write_taskset(a_then_b_and_c(repo))
     record = run_taskset(path)
     assert record.status is RunStatus.passed
     assert [b.tasks for b in record.batches] == [["a"], ["b", "c"]]
