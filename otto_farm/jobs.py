@@ -71,6 +71,12 @@ def batch_done(results: list[dict[str, Any]], run_id: str, batch: int) -> None:
     coordinator.finish_batch(_store(), _settings().resolved_work_dir, run_id, batch, results)
 
 
+def _consumes(worker: Any, queue: str) -> bool:
+    """Whether this worker consumes `queue` (all queues when none were named)."""
+    consumed = worker.app.amqp.queues.consume_from
+    return consumed is None or queue in consumed
+
+
 @signals.worker_init.connect
 def _import_the_sdk(sender: Any, **kwargs: Any) -> None:
     """A worker on the pilot queue imports the anthropic SDK before it forks its pool processes.
@@ -78,8 +84,7 @@ def _import_the_sdk(sender: Any, **kwargs: Any) -> None:
     Imported lazily (pilot.AnthropicClient), it cost each pool process's first pilot call about two
     seconds, at a batch boundary (bench/, benchmark 2).
     """
-    consumed = sender.app.amqp.queues.consume_from
-    if consumed is None or PILOT_QUEUE in consumed:
+    if _consumes(sender, PILOT_QUEUE):
         import anthropic  # noqa: F401
 
 
@@ -146,8 +151,7 @@ class Sweeper(bootsteps.StartStopStep):  # type: ignore[misc]  # celery ships no
         self.tref: Any = None
 
     def start(self, parent: Any) -> None:
-        consumed = parent.app.amqp.queues.consume_from
-        if consumed is None or CONTROL_QUEUE in consumed:
+        if _consumes(parent, CONTROL_QUEUE):
             self.tref = parent.timer.call_repeatedly(_settings().sweep_s, _send_sweep)
 
     def stop(self, parent: Any) -> None:
