@@ -148,7 +148,8 @@ def reconcile(store: Store, work_dir: Path, run_id: str) -> str | None:
 
 def _stored(record: RunRecord, key: str) -> bool:
     """Whether the task's current run has its result in the record."""
-    return any(r.run_no == record.tasks[key].runs for r in record.tasks[key].results)
+    state = record.tasks[key]
+    return state.result_of(state.runs) is not None
 
 
 def finish_batch(
@@ -172,7 +173,7 @@ def finish_batch(
         missing = [
             result
             for result in map(TaskResult.model_validate, results)
-            if not any(r.run_no == result.run_no for r in current.tasks[result.task_key].results)
+            if current.tasks[result.task_key].result_of(result.run_no) is None
         ]
         for result in missing:
             taskrun.save_result(store, result)

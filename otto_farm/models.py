@@ -174,6 +174,10 @@ class TaskState(BaseModel):
     def last(self) -> TaskResult | None:
         return self.results[-1] if self.results else None
 
+    def result_of(self, run_no: int) -> TaskResult | None:
+        """The stored result of run `run_no`, if it is loaded (store.Store.fill_results)."""
+        return next((r for r in self.results if r.run_no == run_no), None)
+
 
 class Decision(BaseModel):
     """What happens after a batch: retries with guidance, skips with reasons, and the batches to come."""

@@ -103,8 +103,9 @@ class Store:
                 record.tasks[key].results.append(TaskResult.model_validate_json(raw))
         for key in tasks:
             state = record.tasks[key]
-            if state.status is TaskStatus.running and state.last and state.last.run_no == state.runs:
-                state.status, state.reason = state.last.status, state.last.error
+            current = state.result_of(state.runs)
+            if state.status is TaskStatus.running and current is not None:
+                state.status, state.reason = current.status, current.error
 
     def _parse(self, run_id: str, raw: str | None, usage: dict[str, str]) -> RunRecord:
         if raw is None:

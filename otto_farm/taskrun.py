@@ -63,7 +63,7 @@ def run(
     jid = job_id(run_id, batch, key, run_no)
     while True:
         record = store.get(run_id, tasks=[key])
-        stored = next((r for r in record.tasks[key].results if r.run_no == run_no), None)
+        stored = record.tasks[key].result_of(run_no)
         if stored is not None:
             return stored
         lease = Lease(store.redis, run_id, jid, lease_s)
