@@ -139,7 +139,7 @@ def reconcile(store: Store, work_dir: Path, run_id: str) -> str | None:
                 run_id, key, record.tasks[key].runs, batch.index, "", error_code="job_killed"
             )
             failed.error = f"Celery ended the job: {why}"[-2000:]
-            taskrun.save_result(store, failed)
+            store.add_result(failed)
         else:  # its worker died: on its own, outside the chord; a later sweep finishes the batch
             chords.job(record, batch.index, key).apply_async()
             store.emit(run_id, "job_resent", batch=batch.index, task=key)
@@ -176,7 +176,7 @@ def finish_batch(
             if current.tasks[result.task_key].result_of(result.run_no) is None
         ]
         for result in missing:
-            taskrun.save_result(store, result)
+            store.add_result(result)
         if missing:
             current = store.get(run_id, tasks=current.batches[index].tasks)
         batch = current.batches[index]

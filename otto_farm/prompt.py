@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from otto_farm.models import RunRecord, TaskState, TaskStatus
+from otto_farm.models import TaskSet, TaskState, TaskStatus
 
 
 def previous_run_failure(state: TaskState) -> str | None:
@@ -14,22 +14,27 @@ def previous_run_failure(state: TaskState) -> str | None:
     return head + (f"\n{last.verify_tail}" if last.verify_tail else "")
 
 
-def build(record: RunRecord, key: str, previous_failure: str | None = None, layout: str | None = None) -> str:
+def build(
+    ts: TaskSet,
+    state: TaskState,
+    learnings: list[str],
+    previous_failure: str | None = None,
+    layout: str | None = None,
+) -> str:
     """Task prompt, verify command, repo layout, learnings, routed context, retry guidance, previous failure.
 
     The retry guidance (from the replan or the pilot) sits in its own section beside, never instead
     of, the previous attempt's verify output: the agent reads its own error first-hand.
     """
-    ts = record.taskset
-    state = record.tasks[key]
+    key = state.key
     parts = [
         ts.task(key).prompt.strip(),
         f"## Verify\nYour change must make this command pass: `{ts.verify_for(key)}`",
     ]
     if layout:
         parts.append("## Repository layout\n" + layout)
-    if record.learnings:
-        parts.append("## Learnings from earlier batches\n" + "\n".join(f"- {x}" for x in record.learnings))
+    if learnings:
+        parts.append("## Learnings from earlier batches\n" + "\n".join(f"- {x}" for x in learnings))
     if state.context:
         parts.append("## Context for this task\n" + "\n".join(f"- {x}" for x in state.context))
     if state.guidance:

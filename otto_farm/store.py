@@ -14,6 +14,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -21,7 +22,7 @@ import redis
 
 from otto_farm import keys
 from otto_farm.errors import InfrastructureError, InputError
-from otto_farm.models import RunRecord, TaskResult, TaskSet, TaskStatus, Usage
+from otto_farm.models import BatchRecord, RunRecord, TaskResult, TaskSet, TaskState, TaskStatus, Usage
 
 EVENTS_MAXLEN = 10_000
 CANCEL_TTL_S = 7 * 24 * 3600  # long after any job of the run could still be running
@@ -29,6 +30,19 @@ LOG_TTL_S = 14 * 24 * 3600
 TASKSET_CACHE = 64  # task sets kept parsed per process: a run's never changes
 # What the run key holds: the record without its task set and results, which have keys of their own.
 _HEAD_ONLY: Any = {"taskset": True, "usage": True, "tasks": {"__all__": {"results"}}}
+# add_result in one round trip: the first result of a run is kept, counted and announced; a later one
+# gets the kept one back. KEYS: results, usage, events. ARGV: field, result, ttl, events maxlen, the
+# number of counters, counter/amount pairs, then the event's field/value pairs.
+_ADD_RESULT = """
+local kept = redis.call('hget', KEYS[1], ARGV[1])
+if kept then return kept end
+redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
+redis.call('expire', KEYS[1], ARGV[3])
+local event = 6 + 2 * tonumber(ARGV[5])
+for i = 6, event - 1, 2 do redis.call('hincrbyfloat', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('xadd', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, event))
+return false
+"""
 
 
 def new_run_id() -> str:
@@ -49,12 +63,34 @@ def _field(key: str, run_no: int, attempt: int | None = None) -> str:
     return f"{key}#{run_no}" if attempt is None else f"{key}#{run_no}#{attempt}"
 
 
+def _event(kind: str, fields: dict[str, Any]) -> dict[str, str]:
+    entry = {"kind": kind, "ts": f"{time.time():.3f}"}
+    entry.update({k: str(v) for k, v in fields.items() if v is not None})
+    return entry
+
+
+@dataclass
+class JobView:
+    """What a job reads of its run: the run's fixed parts, its batch, and its task's state with the
+    results of its runs so far. A slice of the record, so a job's read does not grow with the run."""
+
+    run_id: str
+    repo: str
+    taskset_dir: str
+    taskset: TaskSet
+    learnings: list[str]
+    batch: BatchRecord
+    state: TaskState
+    cancelled: bool
+
+
 class Store:
     """Run records and events on one Redis connection pool."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
         self._tasksets: dict[str, TaskSet] = {}
+        self._add_result = client.register_script(_ADD_RESULT)
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -87,6 +123,29 @@ class Store:
         self.fill_results(record, record.tasks if tasks is None else tasks)
         return record
 
+    def job_view(self, run_id: str, key: str, run_no: int, batch: int) -> JobView:
+        """What run `run_no` of task `key` in batch `batch` needs to know, in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.run_key(run_id))
+            pipe.hmget(keys.results_key(run_id), [_field(key, n) for n in range(1, run_no + 1)])
+            pipe.exists(keys.cancel_key(run_id))
+            raw, results, cancelled = pipe.execute()
+        if raw is None:
+            raise InputError("run", run_id, "no such run")
+        head = json.loads(raw)
+        state = TaskState.model_validate(head["tasks"][key])
+        state.results = [TaskResult.model_validate_json(r) for r in results if r is not None]
+        return JobView(
+            run_id=run_id,
+            repo=head["repo"],
+            taskset_dir=head["taskset_dir"],
+            taskset=self._taskset(run_id),
+            learnings=head["learnings"],
+            batch=BatchRecord.model_validate(head["batches"][batch]),
+            state=state,
+            cancelled=bool(cancelled),
+        )
+
     def fill_results(self, record: RunRecord, tasks: Collection[str]) -> None:
         """Load the stored results of these tasks into the record.
 
@@ -110,6 +169,10 @@ class Store:
     def _parse(self, run_id: str, raw: str | None, usage: dict[str, str]) -> RunRecord:
         if raw is None:
             raise InputError("run", run_id, "no such run")
+        return RunRecord.model_validate({**json.loads(raw), "taskset": self._taskset(run_id), "usage": usage})
+
+    def _taskset(self, run_id: str) -> TaskSet:
+        """The run's task set, parsed once per process: it never changes."""
         taskset = self._tasksets.get(run_id)
         if taskset is None:
             stored = self.redis.get(keys.taskset_key(run_id))
@@ -119,7 +182,7 @@ class Store:
             if len(self._tasksets) >= TASKSET_CACHE:
                 self._tasksets.pop(next(iter(self._tasksets)))
             self._tasksets[run_id] = taskset
-        return RunRecord.model_validate({**json.loads(raw), "taskset": taskset, "usage": usage})
+        return taskset
 
     def update(
         self, run_id: str, change: Callable[[RunRecord], None], usage: Usage | None = None
@@ -148,23 +211,36 @@ class Store:
                     continue
 
     def add_result(self, result: TaskResult) -> TaskResult:
-        """Store a result once per (task, run) and count its usage; the first stored wins and is returned."""
-        results, field = keys.results_key(result.run_id), _field(result.task_key, result.run_no)
-        while True:
-            with self.redis.pipeline() as pipe:
-                try:
-                    pipe.watch(results)
-                    existing = cast(str | None, pipe.hget(results, field))
-                    if existing is not None:
-                        return TaskResult.model_validate_json(existing)
-                    pipe.multi()
-                    pipe.hset(results, field, result.model_dump_json())
-                    pipe.expire(results, LOG_TTL_S)
-                    _count(pipe, keys.usage_key(result.run_id), result.usage)
-                    pipe.execute()
-                    return result
-                except redis.WatchError:
-                    continue
+        """Store a result once per (task, run), count its usage and emit `task_finished`, in one step;
+        the first stored wins and is returned."""
+        counters = [(k, v) for k, v in result.usage.model_dump().items() if v]
+        event = _event(
+            "task_finished",
+            {
+                "task": result.task_key,
+                "batch": result.batch,
+                "status": result.status.value,
+                "attempts": len(result.attempts),
+                "error": result.error_code,
+            },
+        )
+        kept = self._add_result(
+            keys=[
+                keys.results_key(result.run_id),
+                keys.usage_key(result.run_id),
+                keys.events_key(result.run_id),
+            ],
+            args=[
+                _field(result.task_key, result.run_no),
+                result.model_dump_json(),
+                LOG_TTL_S,
+                EVENTS_MAXLEN,
+                len(counters),
+                *(x for pair in counters for x in pair),
+                *(x for pair in event.items() for x in pair),
+            ],
+        )
+        return result if kept is None else TaskResult.model_validate_json(kept)
 
     def put_transcript(
         self, run_id: str, key: str, run_no: int, attempt: int, entries: list[dict[str, Any]]
@@ -190,8 +266,7 @@ class Store:
         self.redis.srem(keys.active_runs_key(), run_id)
 
     def emit(self, run_id: str, kind: str, **fields: Any) -> None:
-        entry: dict[Any, Any] = {"kind": kind, "ts": f"{time.time():.3f}"}
-        entry.update({k: str(v) for k, v in fields.items() if v is not None})
+        entry: Any = _event(kind, fields)
         self.redis.xadd(keys.events_key(run_id), entry, maxlen=EVENTS_MAXLEN, approximate=True)
 
     def events(

@@ -15,8 +15,8 @@ from otto_farm import gitops, prompt, shell, verify
 from otto_farm.agents import AgentRequest, get_agent
 from otto_farm.errors import Cancelled, GitError
 from otto_farm.lease import DEFAULT_TTL_S, Lease
-from otto_farm.models import Attempt, RunRecord, TaskResult, TaskStatus, Usage
-from otto_farm.store import Store
+from otto_farm.models import Attempt, TaskResult, TaskStatus, Usage
+from otto_farm.store import JobView, Store
 
 ATTEMPT_OUTPUT_CHARS = 8_000
 Progress = Callable[[str, int], None]
@@ -29,7 +29,7 @@ def branch_name(run_id: str, key: str) -> str:
 @dataclass
 class _Job:
     store: Store
-    record: RunRecord
+    view: JobView
     key: str
     run_no: int
     batch: int
@@ -62,8 +62,8 @@ def run(
     """
     jid = job_id(run_id, batch, key, run_no)
     while True:
-        record = store.get(run_id, tasks=[key])
-        stored = record.tasks[key].result_of(run_no)
+        view = store.job_view(run_id, key, run_no, batch)
+        stored = view.state.result_of(run_no)
         if stored is not None:
             return stored
         lease = Lease(store.redis, run_id, jid, lease_s)
@@ -72,10 +72,10 @@ def run(
             continue
         try:
             result = _run_once(
-                store, work_dir, record, key, run_no, batch, worker, lease, progress, timeout_errors
+                store, work_dir, view, key, run_no, batch, worker, lease, progress, timeout_errors
             )
             if not lease.lost.is_set():  # stored before letting go, so a waiting delivery finds it
-                return save_result(store, result)
+                return store.add_result(result)
         finally:
             lease.release()
         # It lapsed mid-run and another delivery runs the task now: that one's result counts.
@@ -89,7 +89,7 @@ def job_id(run_id: str, batch: int, key: str, run_no: int) -> str:
 def _run_once(
     store: Store,
     work_dir: Path,
-    record: RunRecord,
+    view: JobView,
     key: str,
     run_no: int,
     batch: int,
@@ -98,21 +98,21 @@ def _run_once(
     progress: Progress | None,
     timeout_errors: tuple[type[BaseException], ...],
 ) -> TaskResult:
-    run_id = record.run_id
+    run_id = view.run_id
     store.emit(run_id, "task_started", task=key, batch=batch, run=run_no, worker=worker)
     started = time.monotonic()
     job = _Job(
         store,
-        record,
+        view,
         key,
         run_no,
         batch,
-        started + record.taskset.timeout_s,
+        started + view.taskset.timeout_s,
         lambda: lease.lost.is_set() or store.cancel_requested(run_id),
     )
-    result = error_result(run_id, key, run_no, batch, worker, base_sha=record.batches[batch].base_sha)
+    result = error_result(run_id, key, run_no, batch, worker, base_sha=view.batch.base_sha)
     try:
-        if job.stop():
+        if view.cancelled:
             raise Cancelled()
         _execute(job, work_dir, result, progress or (lambda phase, attempt: None))
     except Cancelled:
@@ -150,30 +150,10 @@ def error_result(
     )
 
 
-def save_result(store: Store, result: TaskResult) -> TaskResult:
-    """Store a result once per (task, run); the first stored wins and is returned.
-
-    The run record is left alone: the batch callback folds the result into the task's state.
-    """
-    kept = store.add_result(result)
-    if kept is result:
-        store.emit(
-            result.run_id,
-            "task_finished",
-            task=result.task_key,
-            batch=result.batch,
-            status=result.status.value,
-            attempts=len(result.attempts),
-            error=result.error_code,
-        )
-    return kept
-
-
 def _execute(job: _Job, work_dir: Path, result: TaskResult, progress: Progress) -> None:
-    record = job.record
-    ts = record.taskset
-    base = record.batches[job.batch]
-    cache = gitops.RepoCache(work_dir, record.repo)
+    view = job.view
+    ts, base = view.taskset, view.batch
+    cache = gitops.RepoCache(work_dir, view.repo)
     if not cache.has_commit(base.base_sha):  # a warm cache often has it: the batch's base is shared
         progress("fetch", 0)  # only when it happens: each report is a few Redis round trips
         cache.fetch([base.base_ref])
@@ -183,27 +163,22 @@ def _execute(job: _Job, work_dir: Path, result: TaskResult, progress: Progress) 
                 f"base commit {base.base_sha} not on {base.base_ref}",
             )
             return
-    env = shell.safe_env({"OTTO_FARM_TASKSET_DIR": record.taskset_dir})
+    env = shell.safe_env({"OTTO_FARM_TASKSET_DIR": view.taskset_dir})
     with cache.slot(base.base_sha) as wt:
-        try:
-            gitops.reset(wt, result.branch, base.base_sha)
-            if ts.setup and not _setup(job, wt, env, result, progress):
-                return
-            _attempts(job, wt, env, result, progress)
-            if gitops.head(wt) != base.base_sha:
-                result.commit_sha = gitops.head(wt)
-                result.diff_stat = gitops.diff_stat(wt, base.base_sha)
-                progress("push", len(job.attempts))
-                gitops.push(wt, result.branch)
-        finally:
-            gitops.release(wt)
+        gitops.reset(wt, result.branch, base.base_sha)
+        if ts.setup and not _setup(job, wt, env, result, progress):
+            return
+        _attempts(job, wt, env, result, progress)
+        if (head := gitops.head(wt)) != base.base_sha:  # the agent may have committed on its own too
+            result.commit_sha = head
+            result.diff_stat = gitops.diff_stat(wt, base.base_sha)
+            progress("push", len(job.attempts))
+            gitops.push(wt, result.branch)
 
 
 def _setup(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, progress: Progress) -> bool:
     progress("setup", 0)
-    res = shell.run(
-        job.record.taskset.setup or "", cwd=wt, timeout_s=job.remaining_s(), env=env, stop=job.stop
-    )
+    res = shell.run(job.view.taskset.setup or "", cwd=wt, timeout_s=job.remaining_s(), env=env, stop=job.stop)
     if res.stopped:
         raise Cancelled()
     if res.exit_code == 0:
@@ -218,12 +193,13 @@ def _setup(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, progres
 
 def _attempts(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, progress: Progress) -> None:
     """Agent → commit → verify, up to max_attempts; each retry gets the previous failure first-hand."""
-    ts, key = job.record.taskset, job.key
+    view, key = job.view, job.key
+    ts = view.taskset
     agent_cfg, verify_cmd = ts.agent_for(key), ts.verify_for(key)
     agent = get_agent(agent_cfg)
     # A retried task's first attempt reads its previous run's failure first-hand, as later attempts do.
-    failure = prompt.previous_run_failure(job.record.tasks[key])
-    tree = gitops.layout(wt, job.record.batches[job.batch].base_sha)
+    failure = prompt.previous_run_failure(view.state)
+    tree = gitops.layout(wt, view.batch.base_sha)
     for n in range(1, ts.max_attempts + 1):
         if job.remaining_s() <= 0:
             result.status, result.error_code, result.error = TaskStatus.timeout, "job_timeout", "no time left"
@@ -233,11 +209,11 @@ def _attempts(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, prog
         outcome = agent.run(
             AgentRequest(
                 worktree=wt,
-                prompt=prompt.build(job.record, key, failure, layout=tree),
+                prompt=prompt.build(ts, view.state, view.learnings, failure, layout=tree),
                 config=agent_cfg,
                 env=env,
                 timeout_s=job.remaining_s(),
-                run_id=job.record.run_id,
+                run_id=view.run_id,
                 task_key=key,
                 attempt=n,
                 previous_failure=failure,
@@ -255,7 +231,7 @@ def _attempts(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, prog
             usage=outcome.usage,
         )
         if outcome.transcript:  # kept apart from the result: a log, with a time to live
-            job.store.put_transcript(job.record.run_id, key, job.run_no, n, outcome.transcript)
+            job.store.put_transcript(view.run_id, key, job.run_no, n, outcome.transcript)
         job.attempts.append(attempt)
         job.usage = job.usage + outcome.usage
         if not outcome.ok:

@@ -19,6 +19,10 @@ def a_record(learnings: list[str] | None = None, **state: Any) -> RunRecord:
     return make_record(tasks, {"a": TaskState(key="a", **state)}, learnings, verify="pytest -q")
 
 
+def prompt_of(record: RunRecord, key: str, **kwargs: Any) -> str:
+    return build(record.taskset, record.tasks[key], record.learnings, **kwargs)
+
+
 def sections(prompt: str) -> dict[str, str]:
     """Section title → body; the text before the first title is under ''."""
     out: dict[str, str] = {}
@@ -40,7 +44,7 @@ def test_everything_in_its_own_section():
         guidance="Your previous change did not merge: conflict in textkit/core.py.",
     )
     failure = "E   assert slugify('A B') == 'a-b'"
-    prompt = build(record, "a", previous_failure=failure)
+    prompt = prompt_of(record, "a", previous_failure=failure)
     parts = sections(prompt)
     assert list(parts) == [
         "",
@@ -65,23 +69,23 @@ def test_everything_in_its_own_section():
 
 
 def test_empty_sections_are_omitted():
-    prompt = build(a_record(), "a")
+    prompt = prompt_of(a_record(), "a")
     assert list(sections(prompt)) == ["", "Verify"]
     assert prompt.count("##") == 1
 
 
 def test_guidance_without_previous_failure_and_the_reverse():
-    guided = sections(build(a_record(guidance="Try the other module."), "a"))
+    guided = sections(prompt_of(a_record(guidance="Try the other module."), "a"))
     assert "Retry guidance" in guided
     assert "Previous attempt failed" not in guided
-    failed = sections(build(a_record(), "a", previous_failure="FAILED test_a"))
+    failed = sections(prompt_of(a_record(), "a", previous_failure="FAILED test_a"))
     assert "Retry guidance" not in failed
     assert failed["Previous attempt failed"].startswith("FAILED test_a")
 
 
 def test_task_verify_overrides_the_sets():
     record = a_record()
-    prompt = build(record, "b")
+    prompt = prompt_of(record, "b")
     assert sections(prompt)[""] == "Document slugify."
     assert "`make docs`" in prompt
     assert "pytest -q" not in prompt
@@ -92,4 +96,4 @@ def test_repository_layout_has_its_own_section(make_repo):
     repo = make_repo({"README.md": "x", "src/a.py": "", "src/b/c.py": "", "tests/test_a.py": ""})
     tree = layout(repo, git(["rev-parse", "HEAD"], cwd=repo).strip())
     assert tree.splitlines() == ["README.md", "src/ (2 files)", "tests/ (1 file)"]
-    assert "## Repository layout\nREADME.md\nsrc/ (2 files)" in build(a_record(), "a", layout=tree)
+    assert "## Repository layout\nREADME.md\nsrc/ (2 files)" in prompt_of(a_record(), "a", layout=tree)

@@ -9,7 +9,7 @@ import pytest
 
 from otto_farm import keys
 from otto_farm.errors import InputError
-from otto_farm.models import RunRecord, TaskResult, TaskStatus, Usage
+from otto_farm.models import BatchRecord, RunRecord, TaskResult, TaskStatus, Usage
 from otto_farm.store import LOG_TTL_S, Store, new_run_id
 
 from conftest import make_record
@@ -51,6 +51,26 @@ def test_the_first_result_of_a_run_wins(store):
     assert store.add_result(second) == first
     after = store.get(record.run_id)
     assert after.tasks["t1"].status is TaskStatus.passed and after.usage.cost_usd == 0.25
+    finished = [e for _, e in store.events(record.run_id) if e["kind"] == "task_finished"]
+    assert [(e["task"], e["status"], e["attempts"]) for e in finished] == [("t1", "passed", "0")]
+
+
+def test_a_job_reads_its_task_batch_and_earlier_runs(store):
+    record = make_record([{"key": f"t{i}", "prompt": "p"} for i in range(3)], {})
+    record.run_id, record.learnings = new_run_id(), ["use src/"]
+    record.batches = [BatchRecord(index=0, tasks=["t0", "t1"], base_ref="main", base_sha="a" * 40)]
+    record.tasks["t1"].runs, record.tasks["t1"].guidance = 2, "try again"
+    store.create(record)
+    earlier = result(record, "t1", TaskStatus.failed)
+    store.add_result(earlier)
+    store.add_result(earlier.model_copy(update={"run_no": 3}))  # a later run's: not this job's business
+    view = store.job_view(record.run_id, "t1", 2, 0)
+    assert (view.repo, view.learnings, view.batch.base_sha) == (record.repo, ["use src/"], "a" * 40)
+    assert view.taskset == record.taskset and view.state.guidance == "try again"
+    assert [r.run_no for r in view.state.results] == [1] and view.state.result_of(2) is None
+    assert not view.cancelled
+    store.request_cancel(record.run_id)
+    assert store.job_view(record.run_id, "t1", 2, 0).cancelled
 
 
 def test_concurrent_writers_lose_nothing(store):
