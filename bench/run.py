@@ -403,7 +403,7 @@ def bench_overhead(b: Bench, repeats: int, layers: int) -> tuple[str, dict[str, 
                 ["farm: whole run (makespan / N)", fmt(rows["farm"], 2), f"{ratio:.1f}"],
                 ["  in jobs: Σ TaskResult.duration_s / c / N", fmt(rows["job"], 2), ""],
                 [
-                    "    of which outside the attempts (fetch, slot, reset, layout, release: git)",
+                    "    of which outside the attempts (fetch, slot, reset, layout, head: git)",
                     fmt(rows["job_git"], 2),
                     "",
                 ],
@@ -632,7 +632,7 @@ def synthetic_repo(path: Path, files: int, history: int) -> None:
 
 def gitops_job(cache: gitops.RepoCache, branch: str, n: int, sha: str) -> dict[str, float]:
     """One job's git work as taskrun does it: fetch (if the base is missing), slot, reset, an edit,
-    commit_all, push, release."""
+    commit_all, push."""
     t: dict[str, float] = {}
     t0 = time.perf_counter()
     if not cache.has_commit(sha):
@@ -650,10 +650,7 @@ def gitops_job(cache: gitops.RepoCache, branch: str, n: int, sha: str) -> dict[s
         t4 = time.perf_counter()
         t["commit"] = t4 - t3
         gitops.push(wt, branch)
-        t5 = time.perf_counter()
-        t["push"] = t5 - t4
-        gitops.release(wt)
-        t["release"] = time.perf_counter() - t5
+        t["push"] = time.perf_counter() - t4
     t["total"] = time.perf_counter() - t0
     return {k: v * 1000 for k, v in t.items()}
 
@@ -724,7 +721,7 @@ def bench_git(b: Bench, repeats: int, sizes: list[int], history: int) -> tuple[s
         )
         comp_rows.append(
             [size]
-            + [fmt([w[k] for w in warm]) for k in ("fetch", "slot", "reset", "commit", "push", "release")]
+            + [fmt([w[k] for w in warm]) for k in ("fetch", "slot", "reset", "commit", "push")]
         )
     md = [
         f"### 4. Repository size and the git floor ({history} commits of history; {repeats} repeats; ms)",
@@ -748,7 +745,7 @@ def bench_git(b: Bench, repeats: int, sizes: list[int], history: int) -> tuple[s
         "The farm's warm job, by step (ms):",
         "",
         table(
-            ["files", "fetch", "slot", "reset (checkout + clean)", "edit + commit_all", "push", "release"],
+            ["files", "fetch", "slot", "reset (checkout + clean)", "edit + commit_all", "push"],
             comp_rows,
         ),
         "",

@@ -22,6 +22,8 @@ IDENTITY = {
     "GIT_COMMITTER_EMAIL": "otto-farm@localhost",
 }
 URL_LIKE = re.compile(r"^([a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)")
+# What `git commit` says (LC_ALL=C) when the index matches HEAD: with or without untracked files left.
+NOTHING_TO_COMMIT = re.compile(r"^(nothing|no changes) (added )?to commit", re.MULTILINE)
 
 
 def _run(args: list[str], cwd: Path | None) -> subprocess.CompletedProcess[str]:
@@ -76,6 +78,10 @@ def _flock(path: Path, blocking: bool = True) -> Iterator[bool]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+KNOWN_COMMITS_MAX = 4096
+_KNOWN_COMMITS: set[tuple[Path, str]] = set()
+
+
 @dataclass
 class MergeOutcome:
     sha: str
@@ -106,7 +112,15 @@ class RepoCache:
             git(["fetch", "-q", "--no-tags", "origin", *specs], cwd=self.git_dir)
 
     def has_commit(self, sha: str) -> bool:
-        return self.git_dir.is_dir() and succeeds(["cat-file", "-e", f"{sha}^{{commit}}"], cwd=self.git_dir)
+        # Asked by every job; the cache never drops objects (no gc), so a yes is remembered.
+        if (self.git_dir, sha) in _KNOWN_COMMITS:
+            return True
+        found = self.git_dir.is_dir() and succeeds(["cat-file", "-e", f"{sha}^{{commit}}"], cwd=self.git_dir)
+        if found:
+            if len(_KNOWN_COMMITS) >= KNOWN_COMMITS_MAX:
+                _KNOWN_COMMITS.clear()
+            _KNOWN_COMMITS.add((self.git_dir, sha))
+        return found
 
     @contextmanager
     def slot(self, sha: str) -> Iterator[Path]:
@@ -126,17 +140,13 @@ class RepoCache:
 
 
 def reset(worktree: Path, branch: str, sha: str) -> None:
-    """Point the worktree at `sha` on `branch`, dropping every change and untracked or ignored file."""
+    """Point the worktree at `sha` on `branch`, dropping every change and untracked or ignored file.
+
+    A slot keeps its last branch checked out after its job (letting go would cost a git process per
+    job): `--ignore-other-worktrees` lets another slot take such a branch, e.g. for the task's retry.
+    """
     git(["checkout", "-q", "-f", "--ignore-other-worktrees", "-B", branch, sha], cwd=worktree)
     git(["clean", "-q", "-ffdx"], cwd=worktree)
-
-
-def release(worktree: Path) -> None:
-    """Detach HEAD so the branch is free for another slot; the next job resets the tree anyway.
-
-    Only HEAD moves: a checkout would stat every file of the tree again for nothing.
-    """
-    git(["update-ref", "--no-deref", "HEAD", "HEAD"], cwd=worktree, check=False)  # HEAD: its own sha
 
 
 def untracked(worktree: Path) -> list[str]:
@@ -152,8 +162,9 @@ def commit_all(worktree: Path, message: str, exclude: Sequence[str] = ()) -> boo
     proc = _run(args, worktree)
     if proc.returncode == 0:
         return True
-    # Asked only when the commit failed: one git process fewer in the usual case.
-    if succeeds(["diff", "--cached", "--quiet"], cwd=worktree):
+    # Committing first and asking only on failure saves a git process per job; git's own words say
+    # "nothing to commit", and should they change, the index still does.
+    if NOTHING_TO_COMMIT.search(proc.stdout) or succeeds(["diff", "--cached", "--quiet"], cwd=worktree):
         return False
     raise GitError(args, proc.stderr + proc.stdout)
 
@@ -232,5 +243,4 @@ def merge(
             outcome.conflicts[key] = files or [(proc.stdout + proc.stderr).strip()[-300:]]
         outcome.sha = head(wt)
         git(["push", "-q", "--force", "origin", f"HEAD:refs/heads/{branch}"], cwd=wt)
-        release(wt)
     return outcome
