@@ -720,8 +720,7 @@ def bench_git(b: Bench, repeats: int, sizes: list[int], history: int) -> tuple[s
             ]
         )
         comp_rows.append(
-            [size]
-            + [fmt([w[k] for w in warm]) for k in ("fetch", "slot", "reset", "commit", "push")]
+            [size] + [fmt([w[k] for w in warm]) for k in ("fetch", "slot", "reset", "commit", "push")]
         )
     md = [
         f"### 4. Repository size and the git floor ({history} commits of history; {repeats} repeats; ms)",
