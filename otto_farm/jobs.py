@@ -32,6 +32,12 @@ def _store() -> Store:
     return Store.from_url(_settings().resolved_store_url)
 
 
+# Left out of what a job returns to its chord: the job stored its result whole (taskrun.run), and these
+# logs (up to tens of KiB a task) would travel again in the callback's message, the result backend and
+# Flower. A result the job could not store has none of them.
+CHORD_RESULT_EXCLUDE = {"attempts", "verify_tail", "diff_stat"}
+
+
 @app.task(name="otto_farm.run_task", bind=True)
 def run_task(self: Any, run_id: str, task_key: str, run_no: int, batch: int) -> dict[str, Any]:
     """Run one task once; the returned result carries its status, so the chord callback always runs."""
@@ -62,7 +68,7 @@ def run_task(self: Any, run_id: str, task_key: str, run_no: int, batch: int) -> 
         result = taskrun.error_result(
             run_id, task_key, run_no, batch, worker, error_code="infrastructure", error=error
         )
-    return result.model_dump(mode="json")
+    return result.model_dump(mode="json", exclude=CHORD_RESULT_EXCLUDE)
 
 
 @app.task(name="otto_farm.batch_done")

@@ -27,6 +27,8 @@ def test_redelivered_run_task_returns_the_stored_result(make_repo, write_taskset
     branch_sha = git(["rev-parse", stored.branch], cwd=repo).strip()
     again = app.signature("otto_farm.run_task", args=(record.run_id, "a", 1, 0)).apply_async().get(timeout=30)
     assert again["commit_sha"] == stored.commit_sha
+    # What the chord gets leaves the logs in the store: they would travel again in every message.
+    assert stored.attempts and not {"attempts", "verify_tail", "diff_stat"} & again.keys()
     # The agent writes random content: had it run again, the branch would have moved.
     assert git(["rev-parse", stored.branch], cwd=repo).strip() == branch_sha
     assert len(store.get(record.run_id).tasks["a"].results) == 1
