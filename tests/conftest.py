@@ -106,7 +106,8 @@ def start_worker(
         )
     worker = Worker(proc, work_dir, log)
     deadline = time.monotonic() + 30
-    while not any(name in host for reply in celery_app.app.control.ping(timeout=0.5) for host in reply):
+    node = [f"{name}@{socket.gethostname()}"]  # named, the ping returns as soon as it answers
+    while not celery_app.app.control.ping(destination=node, timeout=0.5):
         if proc.poll() is not None or time.monotonic() > deadline:
             worker.stop()
             raise RuntimeError(f"worker {name} did not start:\n{log.read_text()[-3000:]}")
