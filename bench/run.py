@@ -1,6 +1,6 @@
 """otto-farm benchmarks (issue 7): the farm against plain Celery on the same embedded Redis, in one run.
 
-    python bench/run.py --quick            # a sanity pass of every benchmark, about two minutes
+    python bench/run.py --quick            # a sanity pass of every benchmark, about a minute
     python bench/run.py --out results.md   # the full run
     python bench/run.py --only overhead,git
 
@@ -16,6 +16,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -118,6 +119,42 @@ def children(pid: int) -> list[int]:
     return out
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds of a process: its own (user + system), and that of its children it has reaped."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(x) / CLK_TCK for x in fields[11:15])
+    return utime + stime, cutime + cstime
+
+
+@dataclass
+class CpuUse:
+    """CPU used during a run: the worker's own processes, the commands they ran (git, agent, verify),
+    and the Redis server."""
+
+    python: float = 0.0
+    commands: float = 0.0
+    redis: float = 0.0
+
+
+@contextmanager
+def cpu_used(worker: int, redis_pid: int) -> Iterator[CpuUse]:
+    """Measure the worker's process tree (its pool processes stay alive, so the commands they ran are
+    in their reaped children's time) and Redis over the block."""
+    pids = [worker, *children(worker)]
+    before = {p: cpu_s(p) for p in pids}
+    redis_before = cpu_s(redis_pid)[0]
+    use = CpuUse()
+    yield use
+    for p in pids:
+        own, reaped = cpu_s(p)
+        use.python += own - before[p][0]
+        use.commands += reaped - before[p][1]
+    use.redis = cpu_s(redis_pid)[0] - redis_before
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -154,6 +191,10 @@ class Bench:
     workers: list[WorkerProc] = field(default_factory=list)
     n_worker: int = 0
 
+    @property
+    def redis_pid(self) -> int:
+        return int((self.settings.home / "redis.pid").read_text())
+
     def _start(
         self, argv: list[str], env: dict[str, str], name: str, app: celery.Celery, cwd: Path | None = None
     ) -> WorkerProc:
@@ -171,7 +212,8 @@ class Bench:
         w = WorkerProc(proc, name, logf)
         self.workers.append(w)
         deadline = time.monotonic() + 60
-        while not any(name in host for reply in (app.control.ping(timeout=0.5) or []) for host in reply):
+        node = [f"{name}@{socket.gethostname()}"]  # named, the ping returns as soon as it answers
+        while not app.control.ping(destination=node, timeout=0.5):
             if proc.poll() is not None or time.monotonic() > deadline:
                 w.stop()
                 raise RuntimeError(f"worker {name} did not start:\n{logf.read_text()[-3000:]}")
@@ -364,10 +406,15 @@ def bench_overhead(b: Bench, repeats: int, layers: int) -> tuple[str, dict[str, 
         rows: dict[str, list[float]] = {
             k: [] for k in ("base", "farm", "job", "job_git", "merge", "rest", "bound_all")
         }
+        cpu: dict[str, list[CpuUse]] = {"base": [], "farm": []}
         bounds: list[dict[str, float]] = []
         for r in range(repeats):
-            base_s = baseline_chain(b.store, f"r{r}", layers, width)
-            record, events, t0, t1 = b.farm_run(overhead_set(repo, layers, width), f"overhead{r}")
+            with cpu_used(base_w.proc.pid, b.redis_pid) as use:
+                base_s = baseline_chain(b.store, f"r{r}", layers, width)
+            cpu["base"].append(use)
+            with cpu_used(farm_w.proc.pid, b.redis_pid) as use:
+                record, events, t0, t1 = b.farm_run(overhead_set(repo, layers, width), f"overhead{r}")
+            cpu["farm"].append(use)
             if record.status.value != "passed":
                 raise RuntimeError(f"overhead run {record.run_id} ended {record.status}: {record.error}")
             results = [res for s in record.tasks.values() for res in s.results]
@@ -422,8 +469,21 @@ def bench_overhead(b: Bench, repeats: int, layers: int) -> tuple[str, dict[str, 
         "",
         f"Target: queueing part ≤ 1.5× plain Celery's per-task cost → measured {qratio:.1f}× "
         f"({'met' if qratio <= 1.5 else 'missed'}).",
+        "",
+        f"CPU per task, ms (the worker's process tree and Redis, over each run; {os.cpu_count()} CPUs):",
+        "",
+        table(
+            ["run", "worker processes (Python)", "commands they ran (git, agent, verify)", "Redis", "total"],
+            [[label, *cpu_row(cpu[k], n)] for label, k in (("plain Celery", "base"), ("farm", "farm"))],
+        ),
     ]
     return "\n".join(md), {"rows": rows, "bounds": bounds, "ratio": ratio, "qratio": qratio}
+
+
+def cpu_row(uses: list[CpuUse], n: int) -> list[str]:
+    """Medians per task, in ms: Python, commands, Redis, total."""
+    per = [[u.python / n * 1000, u.commands / n * 1000, u.redis / n * 1000] for u in uses]
+    return [fmt([x[i] for x in per]) for i in range(3)] + [fmt([sum(x) for x in per])]
 
 
 def _last_merge(events: list[dict[str, str]]) -> float:
@@ -572,24 +632,48 @@ def bench_scaling(b: Bench, repeats: int, n: int, levels: list[int]) -> tuple[st
         w = b.farm_worker(k)
         try:
             b.farm_run(overhead_set(repo, 1, k), f"warm-scale{k}")  # each slot's worktree exists
-            spans = []
+            spans, uses = [], []
             for r in range(repeats):
-                record, _, t0, t1 = b.farm_run(data, f"scale{k}-{r}")
+                with cpu_used(w.proc.pid, b.redis_pid) as use:
+                    record, _, t0, t1 = b.farm_run(data, f"scale{k}-{r}")
                 if record.status.value != "passed":
                     raise RuntimeError(f"scaling run ended {record.status}: {record.error}")
                 spans.append(t1 - t0)
+                uses.append(use)
         finally:
             b.stop(w)
         ideal = n / k
         eff = [ideal / s * 100 for s in spans]
         effs[k] = med(eff)
-        rows.append([k, fmt(spans, 2), f"{ideal:.2f}", fmt(eff, 0), fmt([s - ideal for s in spans], 2)])
+        rows.append(
+            [
+                k,
+                fmt(spans, 2),
+                f"{ideal:.2f}",
+                fmt(eff, 0),
+                fmt([s - ideal for s in spans], 2),
+                *cpu_row(uses, n),
+            ]
+        )
         log(f"   -c {k}: {med(spans):.2f} s (ideal {ideal:.2f})")
     top = max(levels)
     md = [
         f"### 3. Scaling ({n} independent tasks, agent `sleep 1`, one batch; {repeats} repeats)",
         "",
-        table(["concurrency k", "makespan s", f"ideal {n}/k s", "efficiency %", "makespan − ideal s"], rows),
+        table(
+            [
+                "concurrency k",
+                "makespan s",
+                f"ideal {n}/k s",
+                "efficiency %",
+                "makespan − ideal s",
+                "CPU per job ms: Python",
+                "commands",
+                "Redis",
+                "total",
+            ],
+            rows,
+        ),
         "",
         f"Target: efficiency ≥ 85 % at 16 → measured {effs[top]:.0f} % at {top} "
         f"({'met' if effs[top] >= 85 else 'missed'}).",
@@ -875,7 +959,7 @@ def bench_env(quick: bool) -> Iterator[Bench]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a sanity pass of every benchmark (~2 min)")
+    ap.add_argument("--quick", action="store_true", help="a sanity pass of every benchmark (~1 min)")
     ap.add_argument("--repeats", type=int, help="repeats per measurement (default 3 quick, 5 full)")
     ap.add_argument("--only", help="comma list of: overhead,boundary,scaling,git,memory")
     ap.add_argument("--out", type=Path, help="also write the Markdown here")
@@ -883,7 +967,7 @@ def main(argv: list[str] | None = None) -> int:
     # `timeout` and friends send SIGTERM: turn it into SystemExit so the cleanup in bench_env runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     quick = args.quick
-    repeats = args.repeats or (3 if quick else 5)
+    repeats = args.repeats or (2 if quick else 5)
     only = set((args.only or "overhead,boundary,scaling,git,memory").split(","))
     cmd = "python bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
     sections: list[str] = []
@@ -935,7 +1019,7 @@ def main(argv: list[str] | None = None) -> int:
                     "met" if bd["p50"] <= 25 else "missed",
                 ]
             )
-        n, levels = (16, [2, 8, 16]) if quick else (64, [1, 2, 4, 8, 16])
+        n, levels = (16, [4, 16]) if quick else (64, [1, 2, 4, 8, 16])
         sc = step("scaling", lambda: bench_scaling(b, 1 if quick else repeats, n, levels))
         if sc:
             e = sc["eff"][16]
