@@ -750,7 +750,7 @@ def floor_job(clone: Path, branch: str, sha: str, n: int) -> float:
     return timed(work)
 
 
-def bench_git(b: Bench, repeats: int, sizes: list[int], history: int) -> tuple[str, dict[str, Any]]:
+def bench_git(b: Bench, repeats: int, sizes: list[int], history: int) -> tuple[str, dict[Any, Any]]:
     log(f"4. git floor: repos of {sizes} files, {history} commits of history, {repeats} repeats")
     rows, comp_rows = [], []
     res: dict[int, dict[str, float]] = {}
@@ -833,11 +833,11 @@ def bench_git(b: Bench, repeats: int, sizes: list[int], history: int) -> tuple[s
         ),
         "",
     ]
-    for size, r in res.items():
+    for size, got in res.items():
         md.append(
-            f"Targets at {size} files: ≤ 1.5× the floor → {r['floor_ratio']:.2f}× "
-            f"({'met' if r['floor_ratio'] <= 1.5 else 'missed'}); ≤ 5 % of a fresh worktree → "
-            f"{r['wt_pct']:.1f} % ({'met' if r['wt_pct'] <= 5 else 'missed'})."
+            f"Targets at {size} files: ≤ 1.5× the floor → {got['floor_ratio']:.2f}× "
+            f"({'met' if got['floor_ratio'] <= 1.5 else 'missed'}); ≤ 5 % of a fresh worktree → "
+            f"{got['wt_pct']:.1f} % ({'met' if got['wt_pct'] <= 5 else 'missed'})."
         )
     return "\n".join(md), res
 
@@ -980,7 +980,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         bounds: list[dict[str, float]] = []
 
-        def step(name: str, fn: Callable[[], tuple[str, dict[str, Any]]]) -> dict[str, Any] | None:
+        def step(name: str, fn: Callable[[], tuple[str, dict[Any, Any]]]) -> dict[Any, Any] | None:
             nonlocal failed
             if name not in only:
                 return None
