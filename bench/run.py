@@ -763,17 +763,19 @@ def bench_git(b: Bench, repeats: int, sizes: list[int], history: int) -> tuple[s
         cache = gitops.RepoCache(d / "work", str(src))
         sha = sh(["git", "rev-parse", "main"], cwd=src).strip()
         cold = gitops_job(cache, "cold", 0, sha)["total"]
-        gitops_job(cache, "warm0", 0, sha)  # the slot now sits on a task commit, as after a real job
-        warm = [gitops_job(cache, f"warm{r + 1}", r + 1, sha) for r in range(repeats)]
         clone_ms = []
         for r in range(repeats):
             dst = d / f"clone{r}"
             clone_ms.append(timed(lambda: sh(["git", "clone", "-q", str(src), str(dst)])))
-        floor_clone = d / "clone0"
-        floor_job(floor_clone, "floor-warm", sha, 0)
-        floor = [floor_job(floor_clone, f"floor{r}", sha, r + 1) for r in range(repeats)]
         for r in range(1, repeats):
             shutil.rmtree(d / f"clone{r}")
+        floor_clone = d / "clone0"
+        gitops_job(cache, "warm0", 0, sha)  # the slot now sits on a task commit, as after a real job
+        floor_job(floor_clone, "floor-warm", sha, 0)
+        warm, floor = [], []
+        for r in range(repeats):  # alternating, so that both see the machine in the same state
+            warm.append(gitops_job(cache, f"warm{r + 1}", r + 1, sha))
+            floor.append(floor_job(floor_clone, f"floor{r}", sha, r + 1))
         wt_ms = []
         for r in range(repeats):
             p = d / f"wt{r}"
