@@ -28,6 +28,19 @@ def test_split_stderr_and_stdin(tmp_path):
     assert res.stderr == "oops\n"
 
 
+def test_stdin_larger_than_a_pipe_whether_read_or_not(tmp_path):
+    prompt = "p" * 1_000_000
+    assert run("wc -c", cwd=tmp_path, timeout_s=10, stdin=prompt).output.strip() == "1000000"
+    ignored = run("exit 4", cwd=tmp_path, timeout_s=10, stdin=prompt, stop=lambda: False)
+    assert ignored.exit_code == 4 and not ignored.timed_out
+
+
+def test_a_command_that_outlasts_a_stop_poll_still_reports_its_exit(tmp_path):
+    polls = []
+    res = run("sleep 1.2; exit 5", cwd=tmp_path, timeout_s=10, stop=lambda: polls.append(1) is not None)
+    assert res.exit_code == 5 and not res.stopped and len(polls) >= 2  # asked every half second
+
+
 def test_output_keeps_its_tail(tmp_path):
     res = run("seq 1 10000", cwd=tmp_path, timeout_s=10, max_output_chars=100)
     assert res.output.endswith("9999\n10000\n")
