@@ -32,7 +32,6 @@ class _Job:
     view: JobView
     key: str
     run_no: int
-    batch: int
     deadline: float
     stop: shell.Stop
     attempts: list[Attempt] = field(default_factory=list)
@@ -106,7 +105,6 @@ def _run_once(
         view,
         key,
         run_no,
-        batch,
         started + view.taskset.timeout_s,
         lambda: lease.lost.is_set() or store.cancel_requested(run_id),
     )
