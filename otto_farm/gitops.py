@@ -112,10 +112,13 @@ class RepoCache:
             git(["fetch", "-q", "--no-tags", "origin", *specs], cwd=self.git_dir)
 
     def has_commit(self, sha: str) -> bool:
-        # Asked by every job; the cache never drops objects (no gc), so a yes is remembered.
+        # Asked by every job; the cache never drops objects (no gc), so a yes is remembered for as long
+        # as the cache is there (a work dir wiped under a running worker starts over).
+        if not self.git_dir.is_dir():
+            return False
         if (self.git_dir, sha) in _KNOWN_COMMITS:
             return True
-        found = self.git_dir.is_dir() and succeeds(["cat-file", "-e", f"{sha}^{{commit}}"], cwd=self.git_dir)
+        found = succeeds(["cat-file", "-e", f"{sha}^{{commit}}"], cwd=self.git_dir)
         if found:
             if len(_KNOWN_COMMITS) >= KNOWN_COMMITS_MAX:
                 _KNOWN_COMMITS.clear()

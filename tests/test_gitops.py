@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,10 @@ def test_a_slot_takes_a_branch_another_slot_still_has_checked_out(make_repo, tmp
         gitops.reset(again, "otto-farm/r/b", base)
         assert gitops.head(again) == base and not (again / "a.txt").exists()
     assert not cache.has_commit("0" * 40)
+    shutil.rmtree(cache.root)  # a work dir wiped under a running worker: the cache starts over
+    assert not cache.has_commit(base)
+    cache.fetch(["main"])
+    assert cache.has_commit(base)
 
 
 def test_commit_all_raises_when_git_cannot_commit(make_repo):
