@@ -63,6 +63,13 @@ def _field(key: str, run_no: int, attempt: int | None = None) -> str:
     return f"{key}#{run_no}" if attempt is None else f"{key}#{run_no}#{attempt}"
 
 
+def _head(run_id: str, raw: str | None) -> dict[str, Any]:
+    """The run key's JSON, read: the record without its task set, results and usage."""
+    if raw is None:
+        raise InputError("run", run_id, "no such run")
+    return cast(dict[str, Any], json.loads(raw))
+
+
 def _event(kind: str, fields: dict[str, Any]) -> dict[str, str]:
     entry = {"kind": kind, "ts": f"{time.time():.3f}"}
     entry.update({k: str(v) for k, v in fields.items() if v is not None})
@@ -130,9 +137,7 @@ class Store:
             pipe.hmget(keys.results_key(run_id), [_field(key, n) for n in range(1, run_no + 1)])
             pipe.exists(keys.cancel_key(run_id))
             raw, results, cancelled = pipe.execute()
-        if raw is None:
-            raise InputError("run", run_id, "no such run")
-        head = json.loads(raw)
+        head = _head(run_id, raw)
         state = TaskState.model_validate(head["tasks"][key])
         state.results = [TaskResult.model_validate_json(r) for r in results if r is not None]
         return JobView(
@@ -167,9 +172,9 @@ class Store:
                 state.status, state.reason = current.status, current.error
 
     def _parse(self, run_id: str, raw: str | None, usage: dict[str, str]) -> RunRecord:
-        if raw is None:
-            raise InputError("run", run_id, "no such run")
-        return RunRecord.model_validate({**json.loads(raw), "taskset": self._taskset(run_id), "usage": usage})
+        return RunRecord.model_validate(
+            {**_head(run_id, raw), "taskset": self._taskset(run_id), "usage": usage}
+        )
 
     def _taskset(self, run_id: str) -> TaskSet:
         """The run's task set, parsed once per process: it never changes."""
