@@ -12,16 +12,22 @@ from otto_farm.models import BatchRecord, RunRecord
 SOFT_LIMIT_GRACE_S, HARD_LIMIT_GRACE_S = 60, 120
 
 
+def time_limits(timeout_s: float) -> tuple[float | None, float]:
+    """Celery's soft and hard time limits for a job whose own deadline is `timeout_s` away."""
+    return timeout_s + SOFT_LIMIT_GRACE_S, timeout_s + HARD_LIMIT_GRACE_S
+
+
 def job(record: RunRecord, index: int, key: str) -> Signature:
     """The run_task job of a task's current run in batch `index`."""
-    run_no, timeout_s = record.tasks[key].runs, record.taskset.timeout_s
+    run_no = record.tasks[key].runs
+    soft_s, hard_s = time_limits(record.taskset.timeout_s)
     return app.signature(
         "otto_farm.run_task",
         args=(record.run_id, key, run_no, index),
         queue=TASKS_QUEUE,
         task_id=taskrun.job_id(record.run_id, index, key, run_no),
-        soft_time_limit=timeout_s + SOFT_LIMIT_GRACE_S,
-        time_limit=timeout_s + HARD_LIMIT_GRACE_S,
+        soft_time_limit=soft_s,
+        time_limit=hard_s,
     )
 
 
@@ -41,16 +47,17 @@ def send_batch(record: RunRecord, batch: BatchRecord) -> None:
 
 def send_pilot(record: RunRecord, index: int) -> None:
     """The pilot job chained to the step that applies its answer."""
-    run_id, timeout_s = record.run_id, record.taskset.pilot.timeout_s
+    run_id = record.run_id
+    # The request and the SDK's two retries; past that Celery interrupts it, caught as an error.
+    soft_s, hard_s = time_limits(3 * record.taskset.pilot.timeout_s)
     chain(
         app.signature(
             "otto_farm.pilot",
             args=(run_id, index),
             queue=PILOT_QUEUE,
             task_id=pilot.job_id(run_id, index),
-            # The request and the SDK's two retries; past that Celery interrupts it, caught as an error.
-            soft_time_limit=3 * timeout_s + SOFT_LIMIT_GRACE_S,
-            time_limit=3 * timeout_s + HARD_LIMIT_GRACE_S,
+            soft_time_limit=soft_s,
+            time_limit=hard_s,
         ),
         app.signature(
             "otto_farm.apply_pilot",

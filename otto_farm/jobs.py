@@ -104,10 +104,12 @@ def pilot_job(run_id: str, batch: int) -> dict[str, Any]:
     held = Lease(store.redis, run_id, pilot.job_id(run_id, batch), _settings().lease_s)
     if not held.acquire():  # another delivery is asking right now; its answer is the one applied
         return PilotAnswer(batch=batch, model="", superseded=True).model_dump(mode="json")
+    answer: dict[str, Any] | None = None
     try:
-        return pilot.ask(record, batch, pilot.AnthropicClient()).model_dump(mode="json")
+        answer = pilot.ask(record, batch, pilot.AnthropicClient()).model_dump(mode="json")
+        return answer
     finally:
-        held.release()
+        held.release(finished=answer is not None)  # killed mid-call, it stays claimed: the sweep asks again
 
 
 @app.task(name="otto_farm.apply_pilot")

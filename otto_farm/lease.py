@@ -26,12 +26,13 @@ _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
 """
-# Let go and drop the claim, unless another delivery took over (the claim is then its own).
+# Let go, and drop the claim if the job finished, unless another delivery took over (the claim is then
+# its own).
 _RELEASE = """
 local holder = redis.call('get', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 if holder then redis.call('del', KEYS[1]) end
-redis.call('srem', KEYS[2], ARGV[2])
+if ARGV[3] == '1' then redis.call('srem', KEYS[2], ARGV[2]) end
 return 1
 """
 
@@ -71,13 +72,17 @@ class Lease:
             except redis.RedisError:
                 continue  # the store is unreachable for now; try again before the lease runs out
 
-    def release(self) -> None:
-        """Stop the heartbeat, then let go and drop the claim (the job is over), in one step."""
+    def release(self, finished: bool = True) -> None:
+        """Stop the heartbeat, then let go and, if the job finished, drop its claim, in one step.
+
+        A job cut short without its result stored (Celery's hard time limit sends SIGTERM before
+        SIGKILL, so its `finally` runs) keeps its claim: the sweep finds it claimed with no lease, lost.
+        """
         self._stop.set()
         if self._beat is not None:
             self._beat.join()
         if not self.lost.is_set():
-            self._release(keys=self._keys, args=[self._token, self.job_id])
+            self._release(keys=self._keys, args=[self._token, self.job_id, int(finished)])
 
 
 def alive(client: redis.Redis, job_id: str) -> bool:

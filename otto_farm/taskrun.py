@@ -69,14 +69,16 @@ def run(
         if not lease.acquire():
             time.sleep(min(1.0, lease_s / 3))
             continue
+        kept: TaskResult | None = None
         try:
             result = _run_once(
                 store, work_dir, view, key, run_no, batch, worker, lease, progress, timeout_errors
             )
             if not lease.lost.is_set():  # stored before letting go, so a waiting delivery finds it
-                return store.add_result(result)
+                kept = store.add_result(result)
+                return kept
         finally:
-            lease.release()
+            lease.release(finished=kept is not None)
         # It lapsed mid-run and another delivery runs the task now: that one's result counts.
 
 

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-from celery.exceptions import TimeLimitExceeded
-
-from otto_farm import chords, coordinator, keys, pilot, taskrun, taskset
+from otto_farm import chords, coordinator, keys, taskrun, taskset
 from otto_farm.celery_app import TASKS_QUEUE, app
 from otto_farm.lease import Lease, alive, claims
 from otto_farm.models import BatchRecord, BatchStatus, RunStatus, TaskState, TaskStatus
+from otto_farm.scripted_server import ScriptedReply
 from otto_farm.store import new_run_id
 
-from conftest import make_record, start_worker, wait_for, wait_for_run
+from conftest import gone_soon, make_record, start_worker, wait_for, wait_for_run
 
 JOB = "lease-run.b0.a.r1"
 
@@ -107,49 +107,65 @@ def test_a_killed_workers_job_is_sent_again_and_the_run_completes(
     assert all(runs.count(key) == 1 for key in tasks if key != killed)  # only the lost one ran again
 
 
-@pytest.mark.filterwarnings("ignore:Call to deprecated setex")  # inside Celery's Redis backend
 def test_a_job_celery_killed_at_its_hard_time_limit_ends_as_an_error_and_the_run_goes_on(
-    make_repo, write_taskset, store, worker, monkeypatch
+    make_repo, write_taskset, store, worker, tmp_path, monkeypatch
 ):
+    """Celery really kills the job's pool process at its hard limit, inside the batch's real chord.
+
+    The chord's callback then never fires (a header job failed); the sweep finds the job claimed with
+    no lease and Celery's FAILURE, and stores `job_killed` rather than sending it again (fails with
+    that check in `coordinator.reconcile` removed: the job is sent again and killed again, forever).
+    """
+    pidfile, timeout_s = tmp_path / "stuck.pid", 60
     data = {
         "repo": str(make_repo()),
         "max_task_runs": 1,
+        "timeout_s": timeout_s,
         "verify": "true",
         "agent": {"command": "touch $OTTO_FARM_TASK_KEY.txt"},
-        "tasks": [{"key": "stuck", "prompt": "p"}, {"key": "ok", "prompt": "p"}],
+        "tasks": [
+            {"key": "stuck", "prompt": "p", "agent": {"command": f"echo $$ > {pidfile}; sleep {timeout_s}"}},
+            {"key": "ok", "prompt": "p"},
+        ],
     }
-    # What a hard time limit leaves: the job claimed, its lease gone with the killed pool process, its
-    # Celery state FAILURE, the chord stuck. (A real one takes minutes: the soft limit comes first.)
-    monkeypatch.setattr(chords, "chord", lambda header: lambda callback: header[1].apply_async())
+    # A hard limit of 3 s with no soft limit before it: a job stuck where the soft limit cannot reach.
+    monkeypatch.setattr(chords, "time_limits", lambda timeout_s: (None, 3))
     run_id = coordinator.start(store, taskset.load(write_taskset(data))).run_id
     monkeypatch.undo()
-    stuck = taskrun.job_id(run_id, 0, "stuck", 1)
-    store.redis.sadd(keys.claims_key(run_id), stuck)
-    app.backend.mark_as_failure(stuck, TimeLimitExceeded(3))
-    record = wait_for_run(store, run_id, timeout_s=60)
+    try:
+        record = wait_for_run(store, run_id, timeout_s=60)
+    finally:
+        with contextlib.suppress(OSError, ValueError):  # its agent outlives the killed process
+            os.killpg(int(pidfile.read_text()), signal.SIGKILL)
     assert record.status is RunStatus.failed
     [result] = record.tasks["stuck"].results
     assert result.error_code == "job_killed" and "TimeLimitExceeded" in (result.error or "")
     assert record.tasks["ok"].merged_sha == record.integration_sha
+    assert "job_resent" not in [e["kind"] for _, e in store.events(run_id)]
 
 
-@pytest.mark.filterwarnings("ignore:Call to deprecated setex")  # inside Celery's Redis backend
-def test_a_pilot_job_celery_killed_leaves_the_decision_to_the_replan(store, worker):
+def test_a_pilot_job_celery_killed_leaves_the_decision_to_the_replan(
+    store, worker, pilot_server, monkeypatch
+):
+    """Celery really kills the pilot job at its hard limit while the model is slow to answer: the job
+    keeps its claim, and the sweep lets the replan decide instead of asking again into the same limit.
+    """
     failed = TaskState(key="a", status=TaskStatus.failed, batch=0, runs=1)
     record = make_record([{"key": "a", "prompt": "p"}], {"a": failed}, max_task_runs=1)
     record.run_id = new_run_id()
     record.batches = [BatchRecord(index=0, tasks=["a"], base_ref="main", base_sha="0" * 40)]
     record.batches[0].status = BatchStatus.deciding
     store.create(record)
-    # What a pilot job killed at its hard time limit leaves: its claim, no lease, Celery's FAILURE.
-    jid = pilot.job_id(record.run_id, 0)
-    store.redis.sadd(keys.claims_key(record.run_id), jid)
-    app.backend.mark_as_failure(jid, TimeLimitExceeded(3))
+    pilot_server.script(ScriptedReply(tool_input={}, delay_s=30))
+    monkeypatch.setattr(chords, "time_limits", lambda timeout_s: (None, 3))
+    chords.send_pilot(record, 0)
+    monkeypatch.undo()
     after = wait_for_run(store, record.run_id, timeout_s=30)
     assert after.status is RunStatus.failed
     entry = after.batches[0].pilot
     assert entry is not None and entry.outcome == "fallback_replan"
     assert "TimeLimitExceeded" in (entry.error or "")
+    assert len(pilot_server.requests) == 1
     assert "pilot_resent" not in [e["kind"] for _, e in store.events(record.run_id)]
 
 
@@ -169,3 +185,37 @@ def test_a_callback_that_fires_before_every_result_is_in_waits_for_the_sweep(
     assert all(s.merged_sha == record.integration_sha for s in record.tasks.values())
     kinds = [e["kind"] for _, e in store.events(run_id)]
     assert kinds.count("callback_early") == 1 and kinds.count("batch_merged") == 1
+
+
+def test_a_holder_whose_lease_was_taken_over_stops_its_commands_and_discards_its_result(
+    make_repo, write_taskset, store, tmp_path, monkeypatch
+):
+    """Its lease lapsed (a long pause) and another delivery took the job over: the first one must kill
+    its agent and store nothing, so that the other's result is the one that counts.
+
+    Fails with either behaviour of `taskrun` removed: the lease's `lost` in the job's stop check (the
+    agent keeps running), or the `lease.lost` check before `add_result` (the first result is stored).
+    """
+    pidfile = tmp_path / "agent.pid"
+    data = {
+        "repo": str(make_repo()),
+        "verify": "true",
+        "agent": {"command": f"echo $$ > {pidfile}; sleep 30; touch late.txt"},
+        "tasks": [{"key": "a", "prompt": "p"}],
+    }
+    monkeypatch.setattr(chords, "chord", lambda header: lambda callback: None)  # this test runs the job
+    run_id = coordinator.start(store, taskset.load(write_taskset(data))).run_id
+    monkeypatch.undo()
+    jid = taskrun.job_id(run_id, 0, "a", 1)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(taskrun.run, store, tmp_path / "work", run_id, "a", 1, 0, "first", lease_s=0.6)
+        wait_for(pidfile.exists)
+        store.redis.set(keys.lease_key(jid), "another delivery", px=60_000)  # it lapsed; another took it
+        assert gone_soon(int(pidfile.read_text()), within_s=5)  # its agent was stopped
+        time.sleep(1.5)  # time enough to store a result, were it going to
+        assert store.job_view(run_id, "a", 1, 0).state.result_of(1) is None
+        other = taskrun.error_result(run_id, "a", 1, 0, "other", error_code="other")
+        store.add_result(other)  # the delivery that took over finishes
+        store.redis.delete(keys.lease_key(jid))
+        assert first.result(timeout=10).worker == "other"  # the first one returns the other's result
+    assert store.job_view(run_id, "a", 1, 0).state.result_of(1).worker == "other"
