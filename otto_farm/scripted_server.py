@@ -1,13 +1,16 @@
 """A scripted stand-in for Anthropic's Messages API on 127.0.0.1: no key, no network, same answers every run.
 
 Point the real `anthropic` SDK at it (`base_url=server.url`, or `ANTHROPIC_BASE_URL` for a dry run): each
-`POST /v1/messages` gets the next `ScriptedReply` and is recorded without its secret headers.
+`POST /v1/messages` gets the next `ScriptedReply` and is recorded with its secret headers' values
+replaced by a fingerprint (`fingerprint`), so a test can see which secret reached the wire, and where.
+As the real API does, a request whose custom tool's `input_schema` the API would refuse gets a 400.
 `python -m otto_farm.scripted_server --script replies.json [--port N]` serves a JSON list of replies.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import threading
 from collections import deque
@@ -31,6 +34,27 @@ ERROR_TYPES = {
     529: "overloaded_error",
 }
 SECRET_HEADERS = frozenset({"x-api-key", "authorization"})
+# The Messages API refuses these at the top of a custom tool's input_schema (its 400 says so).
+TOP_LEVEL_REFUSED = ("oneOf", "allOf", "anyOf")
+
+
+def fingerprint(secret: str) -> str:
+    """What the server records in place of a secret header's value: enough to compare, nothing to reuse."""
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def schema_problem(tools: Any) -> str | None:
+    """Why the Messages API would refuse these tools' input schemas (as its 400 says it), or None."""
+    for i, tool in enumerate(tools if isinstance(tools, list) else []):
+        if not isinstance(tool, dict) or "input_schema" not in tool:
+            continue  # a client tool (bash, text editor) names its type instead
+        schema = tool["input_schema"]
+        where = f"tools.{i}.custom.input_schema"
+        if not isinstance(schema, dict) or schema.get("type") != "object":
+            return f"{where}.type: Input should be 'object'"
+        if any(k in schema for k in TOP_LEVEL_REFUSED):
+            return f"{where}: input_schema does not support oneOf, allOf, or anyOf at the top level"
+    return None
 
 
 @dataclass(frozen=True)
@@ -52,7 +76,8 @@ class ScriptedReply:
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """One request as received: its path, its JSON body (None when not JSON), its headers minus secrets."""
+    """One request as received: its path, its JSON body (None when not JSON), its headers (lower-case
+    names), each secret one's value replaced by its `fingerprint`."""
 
     path: str
     body: Any
@@ -202,6 +227,8 @@ class ScriptedServer:
                 return _error(404, f"scripted server has no route POST {path}")
             if not isinstance(body, dict):
                 return _error(400, "request body is not a JSON object")
+            if (problem := schema_problem(body.get("tools"))) is not None:
+                return _error(400, problem)
             if not self._replies:
                 # No retry: the test that forgot a reply should see this once, at once.
                 return _error(500, f"scripted server: script exhausted at request {self._count}", retry=False)
@@ -222,7 +249,9 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw)
         except ValueError:
             body = None
-        headers = {k.lower(): v for k, v in self.headers.items() if k.lower() not in SECRET_HEADERS}
+        headers = {
+            k.lower(): fingerprint(v) if k.lower() in SECRET_HEADERS else v for k, v in self.headers.items()
+        }
         response = self.owner._answer(self.path, body, headers)
         if response.delay_s and self.owner._stopping.wait(response.delay_s):
             return

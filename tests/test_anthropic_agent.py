@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from otto_farm import keys, shell
 from otto_farm.agents import AgentRequest, anthropic_agent
 from otto_farm.agents.anthropic_agent import AnthropicAgent
 from otto_farm.models import AgentConfig, RunStatus, TaskStatus
-from otto_farm.scripted_server import ScriptedReply
+from otto_farm.scripted_server import ScriptedReply, fingerprint
 from otto_farm.store import LOG_TTL_S
 
 KEY = "sk-ant-test-SECRET-0123456789"
@@ -131,10 +132,12 @@ def test_overloaded_then_success(api, make_repo):
     assert outcome.ok and len(api.requests) == 2
 
 
-def test_api_that_keeps_failing_is_an_infrastructure_error(api, make_repo):
-    api.script(*[ScriptedReply(status=500)] * 5)
+def test_api_that_keeps_failing_is_an_infrastructure_error_after_four_retries(api, make_repo):
+    """The README promises the SDK's 4 retries: the first try and 4 more reach the server, no sixth."""
+    api.script(*[ScriptedReply(status=500)] * 6)
     outcome = run(AnthropicAgent(), make_repo())
     assert not outcome.ok and outcome.infrastructure and "InternalServerError" in outcome.error
+    assert len(api.requests) == 5
 
 
 def test_max_turns_and_token_budget_stop_the_loop(api, make_repo):
@@ -150,7 +153,10 @@ def test_key_never_reaches_bash_or_the_transcript(api, make_repo):
     tool = next(e for e in outcome.transcript if e["role"] == "tool")
     assert "ANTHROPIC_API_KEY" not in tool["output"] and KEY not in tool["output"]
     assert KEY not in str(outcome.transcript)
-    assert all(KEY not in str(r.body) and "x-api-key" not in r.headers for r in api.requests)
+    # The key reached the wire in its auth header alone (the server records a fingerprint of it there).
+    with_key = {fingerprint(KEY), fingerprint(f"Bearer {KEY}")}  # x-api-key, or the SDK's bearer form
+    assert all({r.headers.get("x-api-key"), r.headers.get("authorization")} & with_key for r in api.requests)
+    assert all(KEY not in json.dumps(r.body) + json.dumps(r.headers) for r in api.requests)
 
 
 def test_second_attempt_continues_the_conversation_with_its_own_error(api, make_repo):

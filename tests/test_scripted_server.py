@@ -7,13 +7,15 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import anthropic
 import pytest
 from anthropic.types import TextBlock, ToolUseBlock
 
-from otto_farm.scripted_server import ScriptedReply, ScriptedServer
+from otto_farm.scripted_server import ScriptedReply, ScriptedServer, fingerprint
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -127,21 +129,45 @@ def test_garbage_body_with_200(server, client):
     assert (msg.id, msg.content, msg.usage) == (None, None, None)
 
 
-def test_request_is_recorded_without_secrets(server):
+def test_request_is_recorded_with_secrets_fingerprinted(server):
     server.script(ScriptedReply(tool_input={"action": "go"}))
-    headers = {"Authorization": "Bearer secret"}
-    with anthropic.Anthropic(api_key="test-key", base_url=server.url, default_headers=headers) as c:
+    with anthropic.Anthropic(api_key="test-key", base_url=server.url) as c:
         create(c, tools=[DECIDE], tool_choice={"type": "tool", "name": "decide"})
-    (req,) = server.requests
+    body = json.dumps({"model": MODEL, "max_tokens": 5, "messages": USER}).encode()
+    secrets = {"x-api-key": "other-key", "authorization": "Bearer secret"}
+    plain = urllib.request.Request(f"{server.url}/v1/messages", data=body, headers=secrets, method="POST")
+    with pytest.raises(urllib.error.HTTPError):  # the script is spent: a 500, recorded all the same
+        urllib.request.urlopen(plain)
+    req, raw = server.requests
     assert req.path == "/v1/messages"
     assert req.body["model"] == MODEL and req.body["messages"] == USER
     assert req.body["tools"] == [DECIDE]
     assert req.body["tool_choice"] == {"type": "tool", "name": "decide"}
-    assert "x-api-key" not in req.headers and "authorization" not in req.headers
-    assert "secret" not in repr(req) and "test-key" not in repr(req)
     assert "anthropic-version" in req.headers
+    # Secret headers are recorded as fingerprints: which secret went where shows, the secret does not.
+    assert fingerprint("Bearer test-key") in req.headers.values() or req.headers["x-api-key"] == fingerprint(
+        "test-key"
+    )
+    assert raw.headers["x-api-key"] == fingerprint("other-key") != fingerprint("test-key")
+    assert raw.headers["authorization"] == fingerprint("Bearer secret")
+    assert not any(s in repr(server.requests) for s in ("secret", "test-key", "other-key"))
     server.clear()
     assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    "schema, problem",
+    [
+        ({"type": "array"}, "Input should be 'object'"),
+        ({"anyOf": [{"type": "object"}]}, "Input should be 'object'"),
+        ({"type": "object", "oneOf": [{"required": ["a"]}]}, "does not support oneOf, allOf, or anyOf"),
+    ],
+)
+def test_a_tool_schema_the_api_refuses_is_a_400_and_takes_no_reply(server, client, schema, problem):
+    server.script(ScriptedReply(tool_input={"action": "go"}))
+    with pytest.raises(anthropic.BadRequestError, match=problem):
+        create(client, tools=[{**DECIDE, "input_schema": schema}])
+    assert create(client, tools=[DECIDE]).content[0].input == {"action": "go"}
 
 
 def test_exhausted_script_is_a_clear_500_without_retries(server, client):
