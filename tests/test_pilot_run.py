@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from jsonschema import Draft202012Validator
+
 from otto_farm.celery_app import app
 from otto_farm.models import RunStatus, TaskStatus
-from otto_farm.scripted_server import ScriptedReply
+from otto_farm.pilot import PilotDecision
+from otto_farm.scripted_server import ScriptedReply, schema_problem
 
 GOOD_ANSWER = {
     "failure_analysis": {"b": {"category": "spec_ambiguity", "explanation": "b needs the marker"}},
@@ -19,6 +22,28 @@ GOOD_ANSWER = {
     "new_learnings": ["LEARNED-ONE"],
     "batches": [["b", "c", "d"]],
 }
+
+
+def check_tool_schema(tools: list[dict]) -> None:
+    """The decision tool as it reached the wire: PilotDecision's schema, one the Messages API accepts,
+    valid JSON Schema that takes the answers the tests script and refuses what `to_decision` refuses.
+
+    Fails if the schema sent is replaced by a looser one (say `{"type": "object"}`).
+    """
+    [tool] = tools
+    schema = tool["input_schema"]
+    assert tool["name"] == "decide_next_batches" and schema == PilotDecision.model_json_schema()
+    assert schema_problem(tools) is None  # an object schema, no top-level combinator
+    Draft202012Validator.check_schema(schema)
+    validator = Draft202012Validator(schema)
+    validator.validate(GOOD_ANSWER)
+    for bad in (
+        {**GOOD_ANSWER, "retry_strategies": {"b": {"action": "maybe", "reason": "r"}}},
+        {**GOOD_ANSWER, "failure_analysis": {"b": {"category": "bad luck", "explanation": "e"}}},
+        {**GOOD_ANSWER, "batches": "b,c,d"},
+        {**GOOD_ANSWER, "comment": "an unknown field"},
+    ):
+        assert not validator.is_valid(bad), bad
 
 
 def mixed_set(repo: Path, logs: Path, **fields) -> dict:
@@ -59,6 +84,7 @@ def test_pilot_decision_reaches_the_right_prompts(
     request = pilot_server.requests[0].body
     assert request["tool_choice"] == {"type": "tool", "name": "decide_next_batches"}
     assert "b.txt: expected good" in request["messages"][0]["content"]  # its verify output reached the pilot
+    check_tool_schema(request["tools"])
     entry = record.batches[0].pilot
     assert entry.outcome == "applied" and entry.usage.input_tokens == 1000 and entry.usage.cost_usd > 0
     assert record.usage.cost_usd == entry.usage.cost_usd
@@ -103,8 +129,10 @@ def test_overloaded_then_answer_is_retried_by_the_sdk(
 
 
 def test_server_errors_and_timeouts_fall_back(make_repo, write_taskset, run_taskset, pilot_server, tmp_path):
-    pilot_server.script(*[ScriptedReply(status=500)] * 3)  # the first try and the SDK's two retries
+    # docs/pilot.md promises the SDK's two retries: the first try and two more, no fourth.
+    pilot_server.script(*[ScriptedReply(status=500)] * 4)
     record = run_taskset(write_taskset(mixed_set(make_repo(), tmp_path)))
+    assert len(pilot_server.requests) == 3
     assert record.batches[0].pilot.outcome == "fallback_replan"
     assert "InternalServerError" in record.batches[0].pilot.reason
     assert record.status is RunStatus.failed  # b never saw USE-GOOD
