@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 from celery import group
@@ -13,7 +12,8 @@ from celery import group
 from otto_farm import chords, coordinator, taskset
 from otto_farm.celery_app import app
 from otto_farm.errors import InputError
-from otto_farm.models import RunStatus, TaskStatus
+from otto_farm.gitops import remote_heads
+from otto_farm.models import BatchStatus, RunStatus, TaskStatus
 
 from conftest import gone_soon, wait_for, wait_for_run
 
@@ -21,11 +21,11 @@ from conftest import gone_soon, wait_for, wait_for_run
 def test_cancel_interrupts_running_jobs_and_dispatches_nothing_more(
     make_repo, write_taskset, store, worker, tmp_path
 ):
-    pidfile = tmp_path / "agent.pid"
+    pidfile, repo = tmp_path / "agent.pid", make_repo()
     loaded = taskset.load(
         write_taskset(
             {
-                "repo": str(make_repo()),
+                "repo": str(repo),
                 "verify": "true",
                 "agent": {"command": f"echo $$ > {pidfile}; sleep 60"},
                 "tasks": [
@@ -47,9 +47,15 @@ def test_cancel_interrupts_running_jobs_and_dispatches_nothing_more(
     assert gone_soon(agent_pid, within_s=30)  # the job saw the cancel mark and took its agent's group down
     wait_for(lambda: store.get(run_id).tasks["slow"].results != [])  # the job ended and reported
     assert store.get(run_id).tasks["slow"].results[0].error_code == "cancelled"
-    time.sleep(1)
+    # The batch's callback still fires; on a cancelled run it must merge and decide nothing (fails with
+    # `finish_batch`'s run-status guard removed).
+    callback = app.AsyncResult(f"{run_id}.b0.done")
+    wait_for(lambda: callback.state == "SUCCESS")
     after = store.get(run_id)
     assert after.status is RunStatus.cancelled and len(after.batches) == 1
+    assert after.batches[0].status is BatchStatus.running and after.tasks["slow"].status is TaskStatus.skipped
+    assert "batch_merged" not in [e["kind"] for _, e in store.events(run_id)]
+    assert after.integration_branch not in remote_heads(str(repo))
     with pytest.raises(InputError, match="has already ended"):
         coordinator.cancel(store, run_id)
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from otto_farm import coordinator
+from otto_farm import coordinator, taskset
 from otto_farm.celery_app import app
 from otto_farm.gitops import git
 from otto_farm.models import BatchStatus, RunRecord, RunStatus, TaskStatus
 
-from conftest import wait_for_run
+from conftest import wait_for, wait_for_run
 
 TASKS = {
     "verify": "true",
@@ -65,3 +65,49 @@ def test_callback_redelivered_after_its_push_but_before_its_record_finds_the_wor
     assert after.status is RunStatus.passed
     assert after.integration_sha == record.integration_sha
     assert commit_count(repo, record.integration_branch) == commits
+
+
+def test_callback_redelivered_while_the_run_goes_on_changes_nothing(
+    make_repo, write_taskset, store, worker, tmp_path
+):
+    """Batch 0's callback delivered again while batch 1 runs: it must neither merge nor decide again.
+
+    Fails with `finish_batch`'s batch-status guard removed: the replay concludes batch 0 a second time,
+    which ends the run `failed` (or opens a batch) while `slow` still runs.
+    """
+    started = tmp_path / "slow.started"
+    repo = make_repo()
+    loaded = taskset.load(
+        write_taskset(
+            {
+                "repo": str(repo),
+                "verify": "true",
+                "agent": {"command": "echo $OTTO_FARM_TASK_KEY-$RANDOM > $OTTO_FARM_TASK_KEY.txt"},
+                "tasks": [
+                    {"key": "a", "prompt": "a"},
+                    {
+                        "key": "slow",
+                        "prompt": "after a",
+                        "depends_on": ["a"],
+                        "agent": {"command": f"touch {started}; sleep 3; echo done > slow.txt"},
+                    },
+                ],
+            }
+        )
+    )
+    run_id = coordinator.start(store, loaded).run_id
+    wait_for(started.exists)
+    before = store.get(run_id)
+    assert before.status is RunStatus.running and before.batches[0].status is BatchStatus.done
+    results = [before.tasks["a"].results[0].model_dump(mode="json")]
+    app.signature("otto_farm.batch_done", args=(results, run_id, 0)).apply_async().get(timeout=30)
+    during = store.get(run_id)
+    assert during.status is RunStatus.running and len(during.batches) == 2
+    assert during.batches[0].model_dump() == before.batches[0].model_dump()
+    assert during.tasks["slow"].status is TaskStatus.running
+    record = wait_for_run(store, run_id)
+    assert record.status is RunStatus.passed and len(record.batches) == 2
+    kinds = [e["kind"] for _, e in store.events(run_id)]
+    assert kinds.count("batch_merged") == 2 and kinds.count("decision") == 2
+    # a's branch merged once: one merge commit per task on top of the base commit.
+    assert commit_count(repo, record.integration_branch) == 1 + 2 * 2
