@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Literal, get_args, get_origin, get_type_hints
 
 import pytest
+from anthropic.types import ToolUnionParam
 
 from otto_farm.agents.tools import TOOL_DEFINITIONS, ToolError, Workspace
 
@@ -36,11 +38,34 @@ def edit(ws: Workspace, command: str, path: str, **params: object) -> str:
     return ws.run("str_replace_based_edit_tool", {"command": command, "path": path, **params})
 
 
-def test_tool_definitions() -> None:
-    assert TOOL_DEFINITIONS == [
-        {"type": "bash_20250124", "name": "bash"},
-        {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
-    ]
+def _literal(hint: object) -> str | None:
+    """The one value of a TypedDict field typed `Required[Literal["x"]]`, or None for any other type."""
+    while get_origin(hint) is not Literal:
+        if not get_args(hint):
+            return None
+        hint = get_args(hint)[0]
+    values = get_args(hint)
+    return str(values[0]) if len(values) == 1 else None
+
+
+def test_tool_definitions_are_client_tools_the_sdk_knows() -> None:
+    """Each definition is one of the SDK's own client tool types (its `type` and `name` literals, no
+    other field), and the workspace answers to those names. A copy of the list could not tell a typo."""
+    known = {}
+    for param in get_args(ToolUnionParam):
+        hints = get_type_hints(param, include_extras=True)
+        if (kind := _literal(hints.get("type"))) and (name := _literal(hints.get("name"))):
+            known[kind] = (name, set(hints))
+    for tool in TOOL_DEFINITIONS:
+        name, fields = known[tool["type"]]
+        assert tool["name"] == name and set(tool) <= fields, tool
+    assert [t["name"] for t in TOOL_DEFINITIONS] == ["bash", "str_replace_based_edit_tool"]
+    ws = Workspace(root=Path("."), env={})
+    with pytest.raises(ToolError, match="unknown tool"):
+        ws.run("nope", {})
+    for tool in TOOL_DEFINITIONS:  # known by name: an empty input is refused as incomplete, not unknown
+        with pytest.raises(ToolError, match="is required"):
+            ws.run(tool["name"], {})
 
 
 def test_view_file_numbered_and_range(ws: Workspace) -> None:
