@@ -962,7 +962,11 @@ def bench_env(quick: bool) -> Iterator[Bench]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a sanity pass of every benchmark (~1 min)")
-    ap.add_argument("--repeats", type=int, help="repeats per measurement (default 3 quick, 5 full)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        help="repeats per measurement (default 2 with --quick, else 5; --quick measures scaling once)",
+    )
     ap.add_argument("--only", help="comma list of: overhead,boundary,scaling,git,memory")
     ap.add_argument("--out", type=Path, help="also write the Markdown here")
     args = ap.parse_args(argv)
