@@ -11,7 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -255,3 +255,42 @@ def gone_soon(pid: int, within_s: float = 5.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+# Optional parts: a test marked `@pytest.mark.part(name)` skips where this machine lacks the part. A part
+# named in OTTO_FARM_TEST_REQUIRE (.ci/run names what it installed) must run: its skip is a failure.
+REQUIRED_PARTS = {p.strip() for p in os.environ.get("OTTO_FARM_TEST_REQUIRE", "").split(",") if p.strip()}
+PART_OUTCOMES: dict[str, dict[str, str]] = {}  # part → test id → "ran" or why it skipped
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Note each optional-part test's outcome; a required part's skip becomes a failure."""
+    report = yield
+    marker = item.get_closest_marker("part")
+    if marker is None:
+        return report
+    part = marker.args[0]
+    outcomes = PART_OUTCOMES.setdefault(part, {})
+    if report.skipped:
+        longrepr = report.longrepr
+        why = (longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)).removeprefix("Skipped: ")
+        outcomes[item.nodeid] = "skipped: " + why.partition("\n")[0]  # the summary stays one line a part
+        if part in REQUIRED_PARTS:
+            report.outcome = "failed"
+            report.longrepr = f"{part} is required (OTTO_FARM_TEST_REQUIRE), yet its test skipped: {why}"
+    elif report.when == "call":
+        outcomes[item.nodeid] = "ran"
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Per optional part, how many of its tests ran and why the others skipped: a green run says which."""
+    if not PART_OUTCOMES and not REQUIRED_PARTS:
+        return
+    terminalreporter.section("optional parts")
+    for part in sorted(PART_OUTCOMES.keys() | REQUIRED_PARTS):
+        outcomes = list(PART_OUTCOMES.get(part, {}).values())
+        skips = sorted({o for o in outcomes if o != "ran"})
+        line = f"{part}{' (required)' if part in REQUIRED_PARTS else ''}: {outcomes.count('ran')} ran"
+        terminalreporter.line("; ".join([line, *(f"{outcomes.count(s)} {s}" for s in skips)]))

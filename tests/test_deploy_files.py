@@ -168,6 +168,7 @@ def flower_workers(port: int, auth: str) -> set[str]:
         return set()
 
 
+@pytest.mark.part("honcho")
 @pytest.mark.timeout(150)
 def test_honcho_runs_the_procfile_and_a_run_completes(redis_farm, make_repo, write_taskset, tmp_path):
     honcho = shutil.which("honcho", path=str(Path(sys.executable).parent)) or shutil.which("honcho")

@@ -292,6 +292,7 @@ def submit(lab: Lab, url: str, path: Path) -> str:
     return found.group(1)
 
 
+@pytest.mark.part("multihost")
 @pytest.mark.timeout(120)
 def test_a_run_across_hosts_that_share_only_the_network(
     lab: Lab, make_repo: Callable[..., Path], write_taskset: Callable[..., Path]

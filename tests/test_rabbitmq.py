@@ -124,6 +124,7 @@ def amqp_worker(amqp_settings: Settings) -> Iterator[Worker]:
     w.stop()
 
 
+@pytest.mark.part("rabbitmq")
 def test_run_with_rabbitmq_broker(amqp_settings, amqp_worker, store, make_repo, write_taskset):
     path = write_taskset(a_then_b_and_c(make_repo()))
     with kombu.Connection(amqp_settings.broker_url) as conn:

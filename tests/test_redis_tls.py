@@ -123,6 +123,7 @@ def refusal(client: redis.Redis) -> str:
     return str(exc.value)
 
 
+@pytest.mark.part("redis-tls")
 def test_the_server_takes_verified_tls_only(tls_redis: TlsRedis) -> None:
     once = {"retry": Retry(NoBackoff(), 0), "socket_timeout": 5}  # a refusal is final: no retries
     # Plain text on the TLS port, the only one (--port 0): with TLS off, nothing reaches this Redis.
@@ -165,6 +166,7 @@ def otto_farm(
     return proc
 
 
+@pytest.mark.part("redis-tls")
 def test_run_over_tls_with_a_password(tls_redis: TlsRedis, make_repo, write_taskset, tmp_path: Path) -> None:
     # Jobs in db 0, results and run records in db 1, as docs/deploy.md sets them.
     results = tls_redis.url(1)
