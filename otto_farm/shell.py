@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import select
@@ -10,9 +11,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 # Never handed to agents or verify commands: they run code we did not write.
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
@@ -23,6 +25,13 @@ SECRET_NAMES = frozenset(
 
 STOP_POLL_S = 0.5
 Stop = Callable[[], bool]
+Ended = Literal["exited", "timed_out", "stopped", "overflowed"]
+# Past this much output in all, a command is killed: a chatty one must not fill the worker's memory.
+OUTPUT_CAP_BYTES = 64 << 20
+# Once the command has exited and its group is killed, its pipes are read this long at most: a process
+# that left the group may hold them open forever.
+DRAIN_S = 0.2
+CHUNK = 1 << 16  # a Linux pipe's default capacity
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,7 @@ class ShellResult:
     timed_out: bool
     duration_s: float
     stopped: bool = False  # `stop` said so before the command ended
+    overflowed: bool = False  # killed for writing more than its output cap
 
 
 def safe_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -55,6 +65,43 @@ def tail(text: str, limit: int) -> str:
     return f"[... {len(text) - limit} chars cut ...]\n" + text[-limit:]
 
 
+class _Capture:
+    """One stream's output as it comes: a quarter of `keep` bytes from its start (what ran), the rest
+    from its end (where errors are); the middle is only counted."""
+
+    def __init__(self, keep: int) -> None:
+        self.head_max = max(keep, 0) // 4
+        self.tail_max = max(keep, 0) - self.head_max
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def add(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.head_max - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        self.tail += data
+        # Trimmed only once twice too long, so each byte is moved a bounded number of times.
+        if len(self.tail) > 2 * self.tail_max:
+            del self.tail[: len(self.tail) - self.tail_max]
+
+    def text(self) -> str:
+        end = self.tail[max(len(self.tail) - self.tail_max, 0) :]
+        cut = self.total - len(self.head) - len(end)
+        if not cut:
+            return (self.head + end).decode(errors="replace")
+        # A cut may fall inside a character: drop its pieces on both sides rather than show garbage.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        head = decoder.decode(bytes(self.head))
+        skip = 0
+        while skip < min(3, len(end)) and end[skip] & 0xC0 == 0x80:
+            skip += 1
+        cut += len(decoder.getstate()[0]) + skip
+        return f"{head}\n[... {cut} bytes cut ...]\n" + end[skip:].decode(errors="replace")
+
+
 def run(
     command: str,
     cwd: Path,
@@ -64,60 +111,120 @@ def run(
     split_stderr: bool = False,
     max_output_chars: int = 200_000,
     stop: Stop | None = None,
+    max_output_bytes: int = OUTPUT_CAP_BYTES,
+    prefix: Sequence[str] = (),
+    pass_fds: Sequence[int] = (),
 ) -> ShellResult:
-    """Run `command` through bash; on timeout, on `stop()` (asked twice a second) or on any exception,
-    kill its whole process group.
+    """Run `[*prefix, "/bin/bash", "-c", command]` in a session of its own; on timeout, on `stop()`
+    (asked twice a second), on writing more than `max_output_bytes` or on any exception, kill its whole
+    process group. Once the command exits its group is killed too, so nothing it started outlives it.
 
-    Its input, output and errors are files, not pipes, so waiting for it is waiting for it to exit.
+    Its output and errors are read from pipes while it runs; at most `max_output_chars` bytes of each
+    are kept, from its start and its end. Its input is a file, so a command that does not read it
+    cannot block on it.
     """
     start = time.monotonic()
-    with (
-        tempfile.TemporaryFile() as inp,
-        tempfile.TemporaryFile() as out,
-        tempfile.TemporaryFile() as err,
-    ):
+    with tempfile.TemporaryFile() as inp:
         if stdin is not None:
             inp.write(stdin.encode())
             inp.seek(0)
         proc = subprocess.Popen(
-            ["/bin/bash", "-c", command],
+            [*prefix, "/bin/bash", "-c", command],
             cwd=cwd,
             env=env if env is not None else safe_env(),
             stdin=inp if stdin is not None else subprocess.DEVNULL,
-            stdout=out,
-            stderr=err if split_stderr else subprocess.STDOUT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if split_stderr else subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=pass_fds,
         )
-        timed_out = stopped = False
-        deadline = start + max(timeout_s, 0.01)
-        exit_fd = _pidfd(proc)
+    out, err = _Capture(max_output_chars), _Capture(max_output_chars)
+    pipes = {p.fileno(): c for p, c in ((proc.stdout, out), (proc.stderr, err)) if p is not None}
+    try:
+        ended = _pump(proc, pipes, start + max(timeout_s, 0.01), stop, max_output_bytes)
+    finally:
+        _kill_group(proc)
         try:
-            while True:
-                wait_s = deadline - time.monotonic()
-                if _exited(proc, exit_fd, min(wait_s, STOP_POLL_S) if stop else wait_s):
-                    break
-                if time.monotonic() >= deadline:
-                    timed_out = True
-                    break
-                if stop is not None and stop():
-                    stopped = True
-                    break
+            _drain(pipes)
         finally:
-            if exit_fd is not None:
-                os.close(exit_fd)
-            _kill_group(proc)
-        out.seek(0)
-        err.seek(0)
-        output = out.read().decode(errors="replace")
-        stderr = err.read().decode(errors="replace")
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+    output = out.text()
+    if ended == "overflowed":
+        mib, rest = divmod(max_output_bytes, 1 << 20)
+        size = f"{max_output_bytes} bytes" if rest else f"{mib} MiB"
+        output += ("\n" if output and not output.endswith("\n") else "") + f"[killed: output passed {size}]\n"
     return ShellResult(
-        exit_code=proc.returncode if not (timed_out or stopped) else -signal.SIGKILL,
-        output=tail(output, max_output_chars),
-        stderr=tail(stderr, max_output_chars),
-        timed_out=timed_out,
+        exit_code=proc.returncode if ended == "exited" else -signal.SIGKILL,
+        output=output,
+        stderr=err.text(),
+        timed_out=ended == "timed_out",
         duration_s=time.monotonic() - start,
-        stopped=stopped,
+        stopped=ended == "stopped",
+        overflowed=ended == "overflowed",
     )
+
+
+def _pump(
+    proc: subprocess.Popen[bytes], pipes: dict[int, _Capture], deadline: float, stop: Stop | None, cap: int
+) -> Ended:
+    """Read the command's pipes until it exits, times out, is stopped or overflows; which of these.
+
+    The wait sleeps in the kernel, on the pipes and on a pidfd that becomes readable when the command
+    exits. Popen.wait(timeout) wakes every 50 ms to look, which cost a job about 4 ms of CPU for each
+    second its agent ran (bench/, benchmark 3).
+    """
+    exit_fd = _pidfd(proc)
+    poller = select.poll()
+    for fd in [*pipes, *([] if exit_fd is None else [exit_fd])]:
+        poller.register(fd, select.POLLIN)
+    next_stop = time.monotonic() + STOP_POLL_S
+    try:
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return "timed_out"
+            if stop is not None and now >= next_stop:
+                if stop():
+                    return "stopped"
+                next_stop = now + STOP_POLL_S
+            wait_s = (min(deadline, next_stop) if stop is not None else deadline) - now
+            if exit_fd is None:  # nothing tells us it exited: look now and then
+                wait_s = min(wait_s, 0.05)
+            for fd, _ in poller.poll(max(wait_s, 0) * 1000):
+                if fd == exit_fd:
+                    return "exited"  # what the pipes still hold is drained after the group is killed
+                if _read(fd, pipes, poller) and sum(c.total for c in pipes.values()) > cap:
+                    return "overflowed"
+            if exit_fd is None and proc.poll() is not None:
+                return "exited"
+    finally:
+        if exit_fd is not None:
+            os.close(exit_fd)
+
+
+def _read(fd: int, pipes: dict[int, _Capture], poller: select.poll) -> bool:
+    """Read what one pipe has; False, and no longer polled, at its end."""
+    data = os.read(fd, CHUNK)
+    if data:
+        pipes[fd].add(data)
+    else:
+        poller.unregister(fd)
+    return bool(data)
+
+
+def _drain(pipes: dict[int, _Capture]) -> None:
+    """Read what the pipes still hold once the group is dead, for DRAIN_S at most."""
+    deadline = time.monotonic() + DRAIN_S
+    poller = select.poll()
+    for fd in pipes:
+        poller.register(fd, select.POLLIN)
+    open_fds = len(pipes)
+    while open_fds and (left := deadline - time.monotonic()) > 0:
+        for fd, _ in poller.poll(left * 1000):
+            if not _read(fd, pipes, poller):
+                open_fds -= 1
 
 
 def _pidfd(proc: subprocess.Popen[bytes]) -> int | None:
@@ -128,28 +235,9 @@ def _pidfd(proc: subprocess.Popen[bytes]) -> int | None:
         return None
 
 
-def _exited(proc: subprocess.Popen[bytes], exit_fd: int | None, timeout_s: float) -> bool:
-    """Wait up to `timeout_s` for `proc` to exit; whether it did.
-
-    On a pidfd the wait sleeps in the kernel. Popen.wait(timeout) wakes every 50 ms to look, which
-    cost a job about 4 ms of CPU for each second its agent ran (bench/, benchmark 3).
-    """
-    if exit_fd is None:
-        try:
-            proc.wait(timeout=max(timeout_s, 0))
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-    poller = select.poll()
-    poller.register(exit_fd, select.POLLIN)
-    if not poller.poll(max(timeout_s, 0) * 1000):
-        return False
-    proc.wait()
-    return True
-
-
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    # Background children of the command may outlive it; the group takes them too.
+    # Background children of the command may outlive it; the group takes them too. The command is reaped
+    # only after the kill, so its pid, the group's id, cannot have been reused by then.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
