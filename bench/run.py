@@ -714,9 +714,13 @@ def synthetic_repo(path: Path, files: int, history: int) -> None:
     sh(["git", "fast-import", "--quiet"], cwd=path, stdin=b"".join(parts) + b"done\n")
 
 
+BENCH_RUN = "bench"  # the run id the git benchmark's branches belong to: otto-farm/bench/…
+
+
 def gitops_job(cache: gitops.RepoCache, branch: str, n: int, sha: str) -> dict[str, float]:
     """One job's git work as taskrun does it: fetch (if the base is missing), slot, reset, an edit,
     commit_all, push."""
+    branch = f"otto-farm/{BENCH_RUN}/{branch}"  # a branch the farm may push (gitops.check_own_branch)
     t: dict[str, float] = {}
     t0 = time.perf_counter()
     if not cache.has_commit(sha):
@@ -733,7 +737,7 @@ def gitops_job(cache: gitops.RepoCache, branch: str, n: int, sha: str) -> dict[s
         gitops.commit_all(wt, f"bench {n}")
         t4 = time.perf_counter()
         t["commit"] = t4 - t3
-        gitops.push(wt, branch)
+        gitops.push(wt, branch, BENCH_RUN)
         t["push"] = time.perf_counter() - t4
     t["total"] = time.perf_counter() - t0
     return {k: v * 1000 for k, v in t.items()}

@@ -198,6 +198,8 @@ def finish_batch(
                     batch.base_sha,
                     current.base,
                     candidates,
+                    run_id,
+                    current.taskset.integration_branch,
                 )
             else:  # nothing to merge: the branch stays where the last batch left it
                 outcome = gitops.MergeOutcome(sha=batch.base_sha)

@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,11 +25,26 @@ IDENTITY = {
 URL_LIKE = re.compile(r"^([a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)")
 # What `git commit` says (LC_ALL=C) when the index matches HEAD: with or without untracked files left.
 NOTHING_TO_COMMIT = re.compile(r"^(nothing|no changes) (added )?to commit", re.MULTILINE)
+# On every git command line, where they outrank every config file. A hook needs no config at all (an
+# executable in cache.git/hooks is enough), so hooks point at nothing; the rest are settings a user's
+# own config may hold that would make a farm command run a program (fsmonitor, gpg) or step into
+# submodules of the agent's making, whose config the farm does not own.
+OVERRIDES = (
+    "core.hooksPath=/dev/null",
+    "core.fsmonitor=false",
+    "commit.gpgSign=false",
+    "submodule.recurse=false",
+)
+# The caches, and the slots they handed out in this process: git runs there as RepoCache.git_env says.
+_OWNED: dict[Path, RepoCache] = {}
 
 
 def _run(args: list[str], cwd: Path | None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **IDENTITY, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if cwd is not None and (cache := _OWNED.get(cwd)):
+        env.update(cache.git_env(cwd))
+    overrides = [arg for kv in OVERRIDES for arg in ("-c", kv)]
+    return subprocess.run(["git", *overrides, *args], cwd=cwd, env=env, capture_output=True, text=True)
 
 
 def git(args: list[str], cwd: Path | None = None, check: bool = True) -> str:
@@ -82,6 +98,23 @@ KNOWN_COMMITS_MAX = 4096
 _KNOWN_COMMITS: set[tuple[Path, str]] = set()
 
 
+def check_own_branch(branch: str, run_id: str, named_branch: str | None = None) -> None:
+    """Refuse a branch the farm must not push: only run `run_id`'s own `otto-farm/<run>/…` branches and
+    the integration branch its task set names go out, so no mistake force-pushes over a user's branch."""
+    if not (branch.startswith(f"otto-farm/{run_id}/") or branch == named_branch):
+        raise GitError(["push", "origin", branch], f"refused: {branch!r} is not a branch of run {run_id}")
+
+
+def _config_text(url: str) -> str:
+    """The cache's whole git config, as the farm writes it: the URL quoted, so it cannot end its line."""
+    quoted = url.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return (
+        "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n"
+        f'[remote "origin"]\n\turl = "{quoted}"\n\tfetch = +refs/heads/*:refs/remotes/origin/*\n'
+        "[gc]\n\tauto = 0\n"  # no gc under concurrent jobs
+    )
+
+
 @dataclass
 class MergeOutcome:
     sha: str
@@ -94,20 +127,46 @@ class RepoCache:
 
     Worktrees live in numbered slots and are reused from job to job: resetting a used tree to a nearby
     commit rewrites only the files that differ, where a fresh checkout writes every file.
+
+    An agent writes its worktree (`.git` file included) and, unsandboxed, the cache's git dir: the
+    farm's own git commands here find their git dirs from `git_env`, not from a `.git` or `commondir`
+    file, and read a config `git_env` has just put back to the farm's own text. That is the only
+    repository config git reads (it reads a config.worktree only when that one says so), so no
+    .gitattributes can name a filter, merge or diff driver of the agent's, nor can the config name a
+    program (fsmonitor, ssh, credential helper, include). Put back rather than refused: the job that
+    finds the change is seldom the one that made it. This undoes what was planted for later; a process
+    rewriting the config while a farm command starts could still win the race, which only a sandbox
+    keeping the cache read-only prevents. The user's system and global config (credential helpers for
+    pushing) stay in force: agents must not write those either.
     """
 
     def __init__(self, work_dir: Path, repo: str) -> None:
         self.repo = repo
         self.root = work_dir / "repos" / hashlib.sha1(repo.encode()).hexdigest()[:16]
         self.git_dir = self.root / "cache.git"
+        _OWNED[self.git_dir] = self
+
+    def git_env(self, cwd: Path) -> dict[str, str]:
+        """Environment for git in the cache or one of its slots (see the class docstring)."""
+        config, text = self.git_dir / "config", _config_text(self.repo)
+        if not (config.is_file() and config.read_text() == text):  # is_file: never block on a fifo
+            fd, tmp = tempfile.mkstemp(dir=self.git_dir, prefix="config.")
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            os.replace(tmp, config)  # whole, for concurrent git processes to read
+        if cwd == self.git_dir:
+            return {"GIT_DIR": str(cwd)}
+        return {
+            "GIT_DIR": str(self.git_dir / "worktrees" / cwd.name),
+            "GIT_COMMON_DIR": str(self.git_dir),
+            "GIT_WORK_TREE": str(cwd),
+        }
 
     def fetch(self, refs: list[str]) -> None:
         """Bring branches of the remote into refs/remotes/origin/ (created on first use)."""
         with _flock(self.root / "cache.lock"):
             if not (self.git_dir / "HEAD").exists():
-                git(["init", "--bare", "-q", str(self.git_dir)])
-                git(["remote", "add", "origin", self.repo], cwd=self.git_dir)
-                git(["config", "gc.auto", "0"], cwd=self.git_dir)  # no gc under concurrent jobs
+                git(["init", "--bare", "-q", str(self.git_dir)])  # git_env writes its config
             specs = [f"+refs/heads/{r}:refs/remotes/origin/{r}" for r in refs]
             git(["fetch", "-q", "--no-tags", "origin", *specs], cwd=self.git_dir)
 
@@ -133,6 +192,7 @@ class RepoCache:
             path = self.root / f"slot-{n}"
             with _flock(self.root / f"slot-{n}.lock", blocking=False) as held:
                 if held:
+                    _OWNED[path] = self  # `worktree add` names its git dir worktrees/slot-N, after prune
                     if not (path / ".git").exists():
                         with _flock(self.root / "cache.lock"):
                             git(["worktree", "prune"], cwd=self.git_dir)
@@ -201,14 +261,24 @@ def diff_stat(worktree: Path, base_sha: str) -> str:
     return git(["diff", "--stat", base_sha, "HEAD"], cwd=worktree).strip()
 
 
-def push(worktree: Path, branch: str) -> None:
-    git(["push", "-q", "--force", "origin", f"HEAD:refs/heads/{branch}"], cwd=worktree)
+def push(worktree: Path, branch: str, run_id: str, named_branch: str | None = None) -> None:
+    """Force-push HEAD to `branch` of the remote, if the run owns it (`check_own_branch`); no tags."""
+    check_own_branch(branch, run_id, named_branch)
+    args = ["push", "-q", "--force", "--no-verify", "--no-follow-tags", "--no-recurse-submodules"]
+    git([*args, "origin", f"HEAD:refs/heads/{branch}"], cwd=worktree)
 
 
 def merge(
-    cache: RepoCache, branch: str, start_sha: str, base_ref: str, candidates: list[tuple[str, str]]
+    cache: RepoCache,
+    branch: str,
+    start_sha: str,
+    base_ref: str,
+    candidates: list[tuple[str, str]],
+    run_id: str,
+    named_branch: str | None = None,
 ) -> MergeOutcome:
-    """Merge candidate task branches, (key, branch) in order, into `branch` and push it.
+    """Merge candidate task branches, (key, branch) in order, into `branch` and push it (if it is the
+    run's own: the integration branch its task set names, `named_branch`, or an `otto-farm/<run>/…` one).
 
     It starts from the remote `branch` when that already descends from `start_sha` (a redelivered
     callback after its push: git then finds the work merged and pushes the same head), else from
@@ -245,5 +315,5 @@ def merge(
             git(["reset", "-q", "--hard"], cwd=wt)
             outcome.conflicts[key] = files or [(proc.stdout + proc.stderr).strip()[-300:]]
         outcome.sha = head(wt)
-        git(["push", "-q", "--force", "origin", f"HEAD:refs/heads/{branch}"], cwd=wt)
+        push(wt, branch, run_id, named_branch)
     return outcome

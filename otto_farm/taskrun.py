@@ -173,7 +173,7 @@ def _execute(job: _Job, work_dir: Path, result: TaskResult, progress: Progress) 
             result.commit_sha = head
             result.diff_stat = gitops.diff_stat(wt, base.base_sha)
             progress("push", len(job.attempts))
-            gitops.push(wt, result.branch)
+            gitops.push(wt, result.branch, view.run_id)
 
 
 def _setup(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, progress: Progress) -> bool:
