@@ -80,18 +80,24 @@ def remote_default_branch(repo: str) -> str | None:
 
 
 @contextmanager
-def _flock(path: Path, blocking: bool = True) -> Iterator[bool]:
+def _flock(path: Path, blocking: bool = True, shared_on: bool = False) -> Iterator[int | None]:
+    """Hold an exclusive lock on `path` for the block: its descriptor, or None if it is taken.
+
+    With `shared_on`, the lock is let go by closing the descriptor alone, never unlocked outright:
+    a process the descriptor was handed to keeps the lock for as long as it lives.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
-            yield False
+            yield None
             return
         try:
-            yield True
+            yield fh.fileno()
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            if not shared_on:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 KNOWN_COMMITS_MAX = 4096
@@ -144,6 +150,7 @@ class RepoCache:
         self.repo = repo
         self.root = work_dir / "repos" / hashlib.sha1(repo.encode()).hexdigest()[:16]
         self.git_dir = self.root / "cache.git"
+        self.slot_locks: dict[Path, int] = {}
         _OWNED[self.git_dir] = self
 
     def git_env(self, cwd: Path) -> dict[str, str]:
@@ -186,18 +193,26 @@ class RepoCache:
 
     @contextmanager
     def slot(self, sha: str) -> Iterator[Path]:
-        """A worktree no other job of this work dir is using, created at `sha` on first use."""
+        """A worktree no other job of this work dir is using, created at `sha` on first use.
+
+        Its lock's descriptor is `slot_locks[path]` while held: handed to the job's commands, it keeps
+        the slot from the next job while any process they left behind lives (sandbox/none.py).
+        """
         n = 0
         while True:
             path = self.root / f"slot-{n}"
-            with _flock(self.root / f"slot-{n}.lock", blocking=False) as held:
-                if held:
+            with _flock(self.root / f"slot-{n}.lock", blocking=False, shared_on=True) as fd:
+                if fd is not None:
                     _OWNED[path] = self  # `worktree add` names its git dir worktrees/slot-N, after prune
                     if not (path / ".git").exists():
                         with _flock(self.root / "cache.lock"):
                             git(["worktree", "prune"], cwd=self.git_dir)
                             git(["worktree", "add", "-q", "--detach", str(path), sha], cwd=self.git_dir)
-                    yield path
+                    self.slot_locks[path] = fd
+                    try:
+                        yield path
+                    finally:
+                        del self.slot_locks[path]
                     return
             n += 1
 

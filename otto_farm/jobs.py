@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from functools import cache
 from typing import Any
 
@@ -11,8 +12,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 from redis.exceptions import LockError
 
-from otto_farm import coordinator, keys, pilot, taskrun
-from otto_farm.celery_app import CONTROL_QUEUE, PILOT_QUEUE, app
+from otto_farm import coordinator, keys, pilot, sandbox, taskrun
+from otto_farm.celery_app import CONTROL_QUEUE, PILOT_QUEUE, TASKS_QUEUE, app
 from otto_farm.lease import Lease
 from otto_farm.models import BatchStatus, PilotAnswer
 from otto_farm.settings import Settings
@@ -62,6 +63,7 @@ def run_task(self: Any, run_id: str, task_key: str, run_no: int, batch: int) -> 
             progress=progress,
             timeout_errors=(SoftTimeLimitExceeded,),
             lease_s=_settings().lease_s,
+            hidden=_settings().hidden_paths(),
         )
     except Exception as exc:  # e.g. the store is unreachable: report it, so the chord callback still runs
         error = f"{type(exc).__name__}: {exc}"[-2000:]
@@ -92,6 +94,13 @@ def _import_the_sdk(sender: Any, **kwargs: Any) -> None:
     """
     if _consumes(sender, PILOT_QUEUE):
         import anthropic  # noqa: F401
+
+
+@signals.worker_ready.connect
+def _say_the_sandbox(sender: Any, **kwargs: Any) -> None:
+    """A worker of coding jobs says in its log which sandbox their commands get (an `auto` task set's)."""
+    if _consumes(sender, TASKS_QUEUE):
+        logging.getLogger("otto_farm").warning("otto-farm %s", sandbox.describe())
 
 
 @app.task(name="otto_farm.pilot")

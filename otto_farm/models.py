@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 TaskKey = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -33,6 +33,20 @@ class AgentConfig(Strict):
     max_cost_usd: float | None = Field(None, gt=0)  # one task's job
 
 
+class SandboxConfig(Strict):
+    """Where a task's commands run (otto_farm/sandbox/): `auto` is bwrap where the worker has it."""
+
+    kind: Literal["auto", "bwrap", "none"] = "auto"
+    network: bool = True  # false: the sandbox's own network namespace, loopback only (bwrap)
+    memory_mb: int | None = Field(None, ge=16)  # each process's data segment (prlimit --data)
+
+    @model_validator(mode="after")
+    def _network_needs_walls(self) -> SandboxConfig:
+        if self.kind == "none" and not self.network:
+            raise ValueError("network: false needs a sandbox (kind bwrap or auto)")
+        return self
+
+
 class PilotConfig(Strict):
     enabled: bool = True
     model: str | None = None
@@ -50,6 +64,7 @@ class TaskSpec(Strict):
     depends_on: list[str] = Field(default_factory=list)
     verify: str | None = None
     agent: AgentConfig | None = None
+    sandbox: SandboxConfig | None = None
 
 
 class TaskSet(Strict):
@@ -65,6 +80,7 @@ class TaskSet(Strict):
     # Bounded so the broker's visibility timeout (settings.py) always outlasts a job.
     timeout_s: float = Field(1800, gt=0, le=6 * 3600)
     agent: AgentConfig = Field(default_factory=AgentConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     pilot: PilotConfig = Field(default_factory=PilotConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     tasks: list[TaskSpec] = Field(min_length=1)
@@ -82,6 +98,15 @@ class TaskSet(Strict):
         if override is None:
             return self.agent
         return self.agent.model_copy(update=override.model_dump(exclude_unset=True))
+
+    def sandbox_for(self, key: str) -> SandboxConfig:
+        """The task's sandbox: the set's with the task's own fields laid over it."""
+        override = self.task(key).sandbox
+        if override is None:
+            return self.sandbox
+        return SandboxConfig.model_validate(
+            {**self.sandbox.model_dump(), **override.model_dump(exclude_unset=True)}
+        )
 
     def verify_for(self, key: str) -> str:
         return self.task(key).verify or self.verify
@@ -157,6 +182,7 @@ class TaskResult(BaseModel):
     duration_s: float = 0.0
     usage: Usage = Field(default_factory=Usage)
     worker: str = ""
+    sandbox: str = ""  # the kind its commands ran in ("none": unsandboxed)
 
 
 class TaskState(BaseModel):

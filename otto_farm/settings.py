@@ -37,7 +37,7 @@ class Settings(BaseModel):
     def load(cls) -> Settings:
         """The config file (`OTTO_FARM_CONFIG`, else ./otto-farm.toml if present), overridden by the env."""
         named = os.environ.get(f"{ENV_PREFIX}CONFIG")
-        path = Path(named or CONFIG_FILE)
+        path = cls.config_file()
         if named and not path.is_file():
             raise InputError(f"{ENV_PREFIX}CONFIG", "", f"no such file: {path}")
         values: dict[str, object] = {}
@@ -56,6 +56,15 @@ class Settings(BaseModel):
             raise InputError(str(path), ".".join(map(str, err["loc"])), err["msg"]) from exc
         settings.home = settings.home.absolute()
         return settings
+
+    @staticmethod
+    def config_file() -> Path:
+        """The config file: `OTTO_FARM_CONFIG`, else ./otto-farm.toml (which need not exist)."""
+        return Path(os.environ.get(f"{ENV_PREFIX}CONFIG") or CONFIG_FILE)
+
+    def hidden_paths(self) -> list[Path]:
+        """What a task's commands must not see: the farm's home (its Redis socket) and config file."""
+        return [self.home, self.config_file().absolute()]
 
     @property
     def embedded(self) -> bool:

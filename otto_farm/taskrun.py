@@ -6,16 +6,18 @@ Plain functions, no Celery: jobs.py wraps them. A task's failure is a returned s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from otto_farm import gitops, prompt, shell, verify
+from otto_farm import gitops, prompt, sandbox, shell, verify
 from otto_farm.agents import AgentRequest, get_agent
 from otto_farm.errors import Cancelled, GitError
 from otto_farm.lease import DEFAULT_TTL_S, Lease
 from otto_farm.models import Attempt, TaskResult, TaskStatus, Usage
+from otto_farm.resources import data_dir
+from otto_farm.sandbox import Command, Sandbox, SandboxUnavailable, Walls
 from otto_farm.store import JobView, Store
 
 ATTEMPT_OUTPUT_CHARS = 8_000
@@ -53,11 +55,14 @@ def run(
     progress: Progress | None = None,
     timeout_errors: tuple[type[BaseException], ...] = (),
     lease_s: float = DEFAULT_TTL_S,
+    hidden: Sequence[Path] = (),
 ) -> TaskResult:
     """Run the task once and store its result.
 
     A redelivered job returns the stored result; one that meets another delivery still running (its
     lease held) waits for that one's result, or takes over if the lease lapses with its worker.
+    `hidden`: paths of the farm's the task's commands must not see (its home, config file), beside
+    the work dir and the worker's $HOME, which are always hidden.
     """
     jid = job_id(run_id, batch, key, run_no)
     while True:
@@ -72,7 +77,7 @@ def run(
         kept: TaskResult | None = None
         try:
             result = _run_once(
-                store, work_dir, view, key, run_no, batch, worker, lease, progress, timeout_errors
+                store, work_dir, view, key, run_no, batch, worker, lease, progress, timeout_errors, hidden
             )
             if not lease.lost.is_set():  # stored before letting go, so a waiting delivery finds it
                 kept = store.add_result(result)
@@ -98,6 +103,7 @@ def _run_once(
     lease: Lease,
     progress: Progress | None,
     timeout_errors: tuple[type[BaseException], ...],
+    hidden: Sequence[Path],
 ) -> TaskResult:
     run_id = view.run_id
     store.emit(run_id, "task_started", task=key, batch=batch, run=run_no, worker=worker)
@@ -114,11 +120,13 @@ def _run_once(
     try:
         if view.cancelled:
             raise Cancelled()
-        _execute(job, work_dir, result, progress or (lambda phase, attempt: None))
+        _execute(job, work_dir, result, progress or (lambda phase, attempt: None), hidden)
     except Cancelled:
         result.status, result.error_code, result.error = TaskStatus.error, "cancelled", "run cancelled"
     except GitError as exc:
         result.status, result.error_code, result.error = TaskStatus.error, "git_error", str(exc)[-2000:]
+    except SandboxUnavailable as exc:
+        result.status, result.error_code, result.error = TaskStatus.error, "sandbox_unavailable", str(exc)
     except timeout_errors:
         result.status, result.error_code, result.error = (
             TaskStatus.timeout,
@@ -150,7 +158,9 @@ def error_result(
     )
 
 
-def _execute(job: _Job, work_dir: Path, result: TaskResult, progress: Progress) -> None:
+def _execute(
+    job: _Job, work_dir: Path, result: TaskResult, progress: Progress, hidden: Sequence[Path]
+) -> None:
     view = job.view
     ts, base = view.taskset, view.batch
     cache = gitops.RepoCache(work_dir, view.repo)
@@ -165,10 +175,16 @@ def _execute(job: _Job, work_dir: Path, result: TaskResult, progress: Progress) 
             return
     env = shell.safe_env({"OTTO_FARM_TASKSET_DIR": view.taskset_dir})
     with cache.slot(base.base_sha) as wt:
+        # Shown read-only: the task set's directory (an agent may read files beside it) and the farm's
+        # own tasks/ (its scripted agent, which the demo and the scenarios run).
+        shown = [Path(view.taskset_dir), data_dir("tasks", "scripted_agent.py")]
+        walls = Walls(wt, cache.git_dir, [work_dir, Path.home(), *hidden], shown)
+        box = sandbox.get_sandbox(ts.sandbox_for(job.key), walls, lock_fds=[cache.slot_locks[wt]])
+        result.sandbox = box.kind
         gitops.reset(wt, result.branch, base.base_sha)
-        if ts.setup and not _setup(job, wt, env, result, progress):
+        if ts.setup and not _setup(job, wt, box, env, result, progress):
             return
-        _attempts(job, wt, env, result, progress)
+        _attempts(job, wt, box, env, result, progress)
         if (head := gitops.head(wt)) != base.base_sha:  # the agent may have committed on its own too
             result.commit_sha = head
             result.diff_stat = gitops.diff_stat(wt, base.base_sha)
@@ -176,9 +192,11 @@ def _execute(job: _Job, work_dir: Path, result: TaskResult, progress: Progress) 
             gitops.push(wt, result.branch, view.run_id)
 
 
-def _setup(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, progress: Progress) -> bool:
+def _setup(
+    job: _Job, wt: Path, box: Sandbox, env: dict[str, str], result: TaskResult, progress: Progress
+) -> bool:
     progress("setup", 0)
-    res = shell.run(job.view.taskset.setup or "", cwd=wt, timeout_s=job.remaining_s(), env=env, stop=job.stop)
+    res = box.run(Command(job.view.taskset.setup or "", job.remaining_s(), env, stop=job.stop))
     if res.stopped:
         raise Cancelled()
     if res.exit_code == 0:
@@ -191,7 +209,9 @@ def _setup(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, progres
     return False
 
 
-def _attempts(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, progress: Progress) -> None:
+def _attempts(
+    job: _Job, wt: Path, box: Sandbox, env: dict[str, str], result: TaskResult, progress: Progress
+) -> None:
     """Agent → commit → verify, up to max_attempts; each retry gets the previous failure first-hand."""
     view, key = job.view, job.key
     ts = view.taskset
@@ -212,6 +232,7 @@ def _attempts(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, prog
                 prompt=prompt.build(ts, view.state, view.learnings, failure, layout=tree),
                 config=agent_cfg,
                 env=env,
+                sandbox=box,
                 timeout_s=job.remaining_s(),
                 run_id=view.run_id,
                 task_key=key,
@@ -253,7 +274,7 @@ def _attempts(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, prog
             continue
         gitops.commit_all(wt, f"otto-farm: {key} (run {job.run_no}, attempt {n})", exclude=job.setup_files)
         progress("verify", n)
-        res = shell.run(verify_cmd, cwd=wt, timeout_s=job.remaining_s(), env=env, stop=job.stop)
+        res = box.run(Command(verify_cmd, job.remaining_s(), env, stop=job.stop))
         if res.stopped:
             raise Cancelled()
         attempt.verify_exit_code = res.exit_code
@@ -264,6 +285,11 @@ def _attempts(job: _Job, wt: Path, env: dict[str, str], result: TaskResult, prog
             result.verify_tail = shell.tail(res.output, 2000)
             return
         result.verify_tail = verify.excerpt(res.output)
+        if res.overflowed:
+            attempt.error_code = "verify_output_cap"
+            result.status, result.error_code = TaskStatus.failed, "verify_output_cap"
+            result.error = f"verify killed: its output passed the cap: `{verify_cmd}`"
+            return
         if res.timed_out:
             attempt.error_code = "verify_timeout"
             result.status, result.error_code = TaskStatus.timeout, "verify_timeout"

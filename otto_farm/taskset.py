@@ -106,6 +106,10 @@ def _check_tasks(ts: TaskSet, source: str) -> None:
     if cycle := find_cycle(ts.dependencies()):
         raise InputError(source, "tasks.depends_on", "dependency cycle: " + " -> ".join(cycle))
     for i, task in enumerate(ts.tasks):
+        try:
+            ts.sandbox_for(task.key)  # the set's sandbox with the task's own fields over it
+        except ValidationError as exc:
+            raise InputError(source, f"tasks[{i}].sandbox", exc.errors()[0]["msg"]) from None
         field = "agent" if task.agent is None else f"tasks[{i}].agent"
         agent = ts.agent_for(task.key)
         if agent.provider not in AGENTS:

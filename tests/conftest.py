@@ -24,6 +24,8 @@ from otto_farm.celery_app import QUEUES, worker_argv
 from otto_farm.embedded import Embedded
 from otto_farm.gitops import git
 from otto_farm.models import RunRecord, RunStatus, TaskSet, TaskState
+from otto_farm.sandbox import Walls
+from otto_farm.sandbox.none import NoSandbox
 from otto_farm.scripted_server import ScriptedServer
 from otto_farm.settings import Settings
 from otto_farm.store import Store
@@ -236,6 +238,11 @@ def make_record(
     )
 
 
+def unsandboxed(root: Path) -> NoSandbox:
+    """The `none` sandbox on a worktree: for tests of agents and tools, not of the walls."""
+    return NoSandbox(Walls(root, root))
+
+
 def free_port() -> int:
     """A loopback TCP port nobody listens on right now."""
     with socket.socket() as sock:
@@ -284,8 +291,21 @@ def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestR
     return report
 
 
+REPORTS: dict[str, list[str]] = {}  # section → lines printed after the run (e.g. what `none` leaks)
+
+
+def report(section: str, line: str) -> None:
+    """A finding a test reports rather than asserts, printed at the end of the run."""
+    REPORTS.setdefault(section, []).append(line)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Per optional part, how many of its tests ran and why the others skipped: a green run says which."""
+    """Per optional part, how many of its tests ran and why the others skipped: a green run says which.
+    Then each section of reported findings."""
+    for section, lines in REPORTS.items():
+        terminalreporter.section(section)
+        for line in lines:
+            terminalreporter.line(line)
     if not PART_OUTCOMES and not REQUIRED_PARTS:
         return
     terminalreporter.section("optional parts")

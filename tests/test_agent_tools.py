@@ -12,7 +12,7 @@ from anthropic.types import ToolUnionParam
 
 from otto_farm.agents.tools import TOOL_DEFINITIONS, ToolError, Workspace
 
-from conftest import gone_soon
+from conftest import gone_soon, unsandboxed
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -22,7 +22,7 @@ def ws(tmp_path: Path) -> Workspace:
     root = tmp_path / "wt"
     root.mkdir()
     (root / ".git").write_text("gitdir: /somewhere/else/.git/worktrees/wt\n")
-    return Workspace(root=root, env={"PATH": os.environ["PATH"]})
+    return Workspace(root=root, env={"PATH": os.environ["PATH"]}, sandbox=unsandboxed(root))
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_tool_definitions_are_client_tools_the_sdk_knows() -> None:
         name, fields = known[tool["type"]]
         assert tool["name"] == name and set(tool) <= fields, tool
     assert [t["name"] for t in TOOL_DEFINITIONS] == ["bash", "str_replace_based_edit_tool"]
-    ws = Workspace(root=Path("."), env={})
+    ws = Workspace(root=Path("."), env={}, sandbox=unsandboxed(Path(".")))
     with pytest.raises(ToolError, match="unknown tool"):
         ws.run("nope", {})
     for tool in TOOL_DEFINITIONS:  # known by name: an empty input is refused as incomplete, not unknown

@@ -17,6 +17,8 @@ from otto_farm.models import AgentConfig, RunStatus, TaskStatus
 from otto_farm.scripted_server import ScriptedReply, fingerprint
 from otto_farm.store import LOG_TTL_S
 
+from conftest import unsandboxed
+
 KEY = "sk-ant-test-SECRET-0123456789"
 
 
@@ -46,6 +48,7 @@ def run(agent: AnthropicAgent, repo: Path, failure: str | None = None, **cfg) ->
             prompt="Add a greeting module.",
             config=AgentConfig(provider="anthropic", **cfg),
             env=shell.safe_env(),
+            sandbox=unsandboxed(repo),
             timeout_s=60,
             run_id="r1",
             task_key="greet",

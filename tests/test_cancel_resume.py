@@ -27,6 +27,7 @@ def test_cancel_interrupts_running_jobs_and_dispatches_nothing_more(
             {
                 "repo": str(repo),
                 "verify": "true",
+                "sandbox": {"kind": "none"},  # the agent writes where the test reads: outside its worktree
                 "agent": {"command": f"echo $$ > {pidfile}; sleep 60"},
                 "tasks": [
                     {"key": "slow", "prompt": "p"},
@@ -69,6 +70,7 @@ def test_resume_resends_a_lost_batch_without_rerunning_finished_tasks(
             {
                 "repo": str(make_repo()),
                 "verify": "true",
+                "sandbox": {"kind": "none"},  # the agent writes where the test reads: outside its worktree
                 "agent": {
                     "command": f"echo $OTTO_FARM_TASK_KEY >> {log}; echo $RANDOM > $OTTO_FARM_TASK_KEY.txt"
                 },

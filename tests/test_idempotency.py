@@ -83,6 +83,7 @@ def test_callback_redelivered_while_the_run_goes_on_changes_nothing(
                 "repo": str(repo),
                 "verify": "true",
                 "agent": {"command": "echo $OTTO_FARM_TASK_KEY-$RANDOM > $OTTO_FARM_TASK_KEY.txt"},
+                "sandbox": {"kind": "none"},  # the agent writes where the test reads: outside its worktree
                 "tasks": [
                     {"key": "a", "prompt": "a"},
                     {

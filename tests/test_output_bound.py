@@ -187,3 +187,38 @@ def test_prefix_wraps_the_command_and_pass_fds_reach_it(tmp_path):
         assert os.read(read_end, 100) == b"via-fd\n"
     finally:
         os.close(read_end)
+
+
+def worker_peak_rss_mib(pid: int) -> float:
+    """The highest peak RSS (VmHWM) of a worker process and its pool processes, in MiB."""
+    pids = [pid, *(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    peaks = []
+    for p in pids:
+        status = Path(f"/proc/{p}/status").read_text()
+        peaks.append(int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024)  # type: ignore[union-attr]
+    return max(peaks)
+
+
+def test_a_task_printing_a_gibibyte_leaves_the_worker_flat(make_repo, write_taskset, run_taskset, worker):
+    """Agent and verify each print 1 GiB in a real task on the session's worker: both are killed at the
+    cap and reported so, and no worker process's peak RSS reaches 300 MiB (it was 5.4 GiB)."""
+    flood = "yes | head -c 1G"
+    record = run_taskset(
+        write_taskset(
+            {
+                "repo": str(make_repo()),
+                "max_task_runs": 1,
+                "verify": flood,
+                "agent": {"command": "touch x"},
+                "tasks": [
+                    {"key": "chatty-agent", "prompt": "p", "agent": {"command": flood}},
+                    {"key": "chatty-verify", "prompt": "p"},
+                ],
+            }
+        )
+    )
+    agent, verify = record.tasks["chatty-agent"].last, record.tasks["chatty-verify"].last
+    assert agent.error_code == "agent_error" and "output passed the cap" in (agent.error or "")
+    assert verify.error_code == "verify_output_cap"
+    assert len(verify.attempts[-1].verify_output) < 10_000
+    assert worker_peak_rss_mib(worker.proc.pid) < 300

@@ -53,6 +53,7 @@ def mixed_set(repo: Path, logs: Path, **fields) -> dict:
         "repo": str(repo),
         "max_attempts": 1,
         "verify": "true",
+        "sandbox": {"kind": "none"},  # the agent writes where the test reads: outside its worktree
         "agent": {"command": log + "echo $OTTO_FARM_TASK_KEY > $OTTO_FARM_TASK_KEY.txt"},
         "tasks": [
             {"key": "a", "prompt": "build a"},

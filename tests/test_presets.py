@@ -23,6 +23,8 @@ from otto_farm.errors import InputError
 from otto_farm.models import AgentConfig
 from otto_farm.taskset import load
 
+from conftest import unsandboxed
+
 PROMPT = "Add a greeting to hello.txt.\nSecond line of the prompt.\n"
 WATCHED = [
     "ANTHROPIC_API_KEY",
@@ -111,6 +113,7 @@ def run_agent(
         prompt=PROMPT,
         config=AgentConfig(**config),
         env={**env, "STANDIN_MODE": mode},
+        sandbox=unsandboxed(worktree),
         timeout_s=60,
         run_id="r1",
         task_key="greet",

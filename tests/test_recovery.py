@@ -46,6 +46,7 @@ def test_a_holder_whose_lease_lapsed_and_was_taken_over_learns_it_lost(store):
 def agent_taskset(log, keys_: list[str], sleep_s: float) -> dict:
     return {
         "verify": "true",
+        "sandbox": {"kind": "none"},  # the agent writes where the test reads: outside its worktree
         "agent": {
             "command": f"echo $OTTO_FARM_TASK_KEY >> {log}; sleep {sleep_s}; touch $OTTO_FARM_TASK_KEY.txt"
         },
@@ -135,7 +136,7 @@ def test_a_job_celery_killed_at_its_hard_time_limit_ends_as_an_error_and_the_run
     try:
         record = wait_for_run(store, run_id, timeout_s=60)
     finally:
-        with contextlib.suppress(OSError, ValueError):  # its agent outlives the killed process
+        with contextlib.suppress(OSError, ValueError):  # unsandboxed, its agent would outlive the kill
             os.killpg(int(pidfile.read_text()), signal.SIGKILL)
     assert record.status is RunStatus.failed
     [result] = record.tasks["stuck"].results
@@ -200,6 +201,7 @@ def test_a_holder_whose_lease_was_taken_over_stops_its_commands_and_discards_its
     data = {
         "repo": str(make_repo()),
         "verify": "true",
+        "sandbox": {"kind": "none"},  # the agent writes where the test reads: outside its worktree
         "agent": {"command": f"echo $$ > {pidfile}; sleep 30; touch late.txt"},
         "tasks": [{"key": "a", "prompt": "p"}],
     }

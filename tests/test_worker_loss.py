@@ -22,6 +22,7 @@ def test_killed_pool_process_has_its_job_redelivered(make_repo, write_taskset, r
         {
             "repo": str(make_repo()),
             "verify": "test -f out.txt",
+            "sandbox": {"kind": "none"},  # the agent writes where the test reads: outside its worktree
             "agent": {"command": agent},
             "tasks": [
                 {"key": "victim", "prompt": "p"},

@@ -38,7 +38,9 @@ class AnthropicAgent:
         cfg = request.config
         model = cfg.model or pricing.default_model()
         deadline = time.monotonic() + request.timeout_s
-        workspace = Workspace(root=request.worktree, env=request.env, stop=request.should_stop)
+        workspace = Workspace(
+            root=request.worktree, env=request.env, sandbox=request.sandbox, stop=request.should_stop
+        )
         if not self.messages:
             self.messages.append({"role": "user", "content": request.prompt})
         else:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from otto_farm.models import AgentConfig, Usage
+from otto_farm.sandbox import Sandbox
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,7 @@ class AgentRequest:
     prompt: str  # the full prompt, the previous failure included
     config: AgentConfig
     env: dict[str, str]  # already scrubbed of secrets
+    sandbox: Sandbox  # where its commands run (the `anthropic` agent's bash calls too)
     timeout_s: float
     run_id: str
     task_key: str

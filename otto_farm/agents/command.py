@@ -15,6 +15,7 @@ from otto_farm.agents import presets
 from otto_farm.agents.base import AgentOutcome, AgentRequest
 from otto_farm.agents.presets import ParsedOutput, Preset
 from otto_farm.models import Usage
+from otto_farm.sandbox import Command
 
 OUTPUT_CHARS = 20_000
 # A CLI's report (one JSON object, or the end of an event stream) must be read whole, not from a tail.
@@ -46,15 +47,17 @@ class CommandAgent:
             }
             if request.config.model:
                 env["OTTO_FARM_MODEL"] = request.config.model
-            res = shell.run(
-                command,
-                cwd=request.worktree,
-                timeout_s=request.timeout_s,
-                env=env,
-                stdin=request.prompt,
-                split_stderr=True,
-                max_output_chars=PARSED_OUTPUT_CHARS if parses else OUTPUT_CHARS,
-                stop=request.should_stop,
+            res = request.sandbox.run(
+                Command(
+                    command,
+                    request.timeout_s,
+                    env,
+                    stdin=request.prompt,
+                    split_stderr=True,
+                    max_output_chars=PARSED_OUTPUT_CHARS if parses else OUTPUT_CHARS,
+                    stop=request.should_stop,
+                    readable=[Path(tmp)],
+                )
             )
         parsed = presets.parse_output(preset.output, res.output) if preset else None
         return _outcome(res, parsed, request.timeout_s)
@@ -81,6 +84,10 @@ def _outcome(res: shell.ShellResult, parsed: ParsedOutput | None, timeout_s: flo
     if res.timed_out:
         return replace(
             done, ok=False, stop_reason="timeout", error=f"agent command timed out after {timeout_s:.0f}s"
+        )
+    if res.overflowed:  # a runaway printer, not an agent at work: another attempt would do the same
+        return replace(
+            done, ok=False, stop_reason="error", error="agent command killed: its output passed the cap"
         )
     if res.exit_code != 0:
         detail = res.stderr.strip() or (parsed.error or "" if parsed else "")

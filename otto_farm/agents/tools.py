@@ -9,6 +9,7 @@ from typing import Any
 
 from otto_farm import shell
 from otto_farm.errors import OttoFarmError
+from otto_farm.sandbox import Command, Sandbox
 
 #: Sent as `tools=` to the Messages API; the newest versions anthropic 2.13 documents for each tool.
 TOOL_DEFINITIONS: list[dict[str, Any]] = [
@@ -27,6 +28,7 @@ class Workspace:
 
     root: Path
     env: dict[str, str]  # already scrubbed of secrets by the caller
+    sandbox: Sandbox  # where bash runs
     command_timeout_s: float = 120
     output_chars: int = 30_000
     stop: shell.Stop | None = None  # ends a running command once the run is cancelled
@@ -93,13 +95,10 @@ class Workspace:
         command = params.get("command")
         if not isinstance(command, str) or not command.strip():
             raise ToolError("command is required")
-        res = shell.run(
-            command,
-            cwd=self.root,
-            timeout_s=self.command_timeout_s,
-            env=self.env,
-            max_output_chars=self.output_chars,
-            stop=self.stop,
+        res = self.sandbox.run(
+            Command(
+                command, self.command_timeout_s, self.env, max_output_chars=self.output_chars, stop=self.stop
+            )
         )
         if res.timed_out:
             raise ToolError(f"command timed out after {self.command_timeout_s:g} s; output:\n{res.output}")

@@ -105,9 +105,12 @@ def task_table(record: RunRecord) -> Table:
 
 def summary_line(record: RunRecord) -> str:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(record.counts().items()))
+    kinds = sorted({r.sandbox for s in record.tasks.values() for r in s.results if r.sandbox})
     return (
         f"run {record.run_id} {record.status.value}: {counts}; integration branch "
         f"{record.integration_branch} at {short(record.integration_sha)}; cost ${record.usage.cost_usd:.4f}"
+        + (f"; sandbox {', '.join(kinds)}" if kinds else "")
+        + ("; UNSANDBOXED: task commands ran as the worker's user" if "none" in kinds else "")
         + (f"; error: {record.error}" if record.error else "")
     )
 

@@ -1,0 +1,60 @@
+"""Sandboxes behind one protocol, looked up by the task set's `sandbox.kind`: `bwrap` (bubblewrap's
+namespaces), `none` (the worker's own view), `auto` (bwrap where it works, else none with a warning)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from otto_farm.errors import OttoFarmError
+from otto_farm.models import SandboxConfig
+from otto_farm.sandbox import bwrap
+from otto_farm.sandbox.base import Command, Sandbox, Walls
+from otto_farm.sandbox.bwrap import Bwrap
+from otto_farm.sandbox.none import NoSandbox
+
+logger = logging.getLogger(__name__)
+
+
+class SandboxUnavailable(OttoFarmError):
+    """The task set asks for a sandbox this worker cannot make."""
+
+
+def resolved_kind(config: SandboxConfig) -> str:
+    """The kind a job gets on this worker: `auto` becomes bwrap where it works, else none."""
+    if config.kind != "auto":
+        return config.kind
+    return "bwrap" if bwrap.unavailable() is None else "none"
+
+
+def get_sandbox(config: SandboxConfig, walls: Walls, lock_fds: Sequence[int] = ()) -> Sandbox:
+    """The sandbox a job's commands run in; raises SandboxUnavailable for a kind this worker lacks."""
+    limits = ["prlimit", f"--data={config.memory_mb * 2**20}"] if config.memory_mb else []
+    kind = resolved_kind(config)
+    if kind == "bwrap":
+        if (why := bwrap.unavailable()) is not None:
+            raise SandboxUnavailable(f"sandbox bwrap: {why}")
+        return Bwrap(walls, network=config.network, limits=limits)
+    if config.kind == "auto":
+        _warn_unsandboxed()
+    return NoSandbox(walls, prefix=limits, lock_fds=lock_fds)
+
+
+def describe() -> str:
+    """One line for a worker's start: the sandbox `auto` gives task commands here."""
+    why = bwrap.unavailable()
+    if why is None:
+        return f"sandbox: bwrap ({bwrap.version()}): task commands run contained"
+    return f"sandbox: none ({why}): task commands run UNSANDBOXED as this worker's user"
+
+
+_warned: list[bool] = []
+
+
+def _warn_unsandboxed() -> None:
+    if not _warned:
+        _warned.append(True)
+        logger.warning("%s", describe())
+
+
+__all__ = ["Command", "Sandbox", "SandboxUnavailable", "Walls", "describe", "get_sandbox", "resolved_kind"]
