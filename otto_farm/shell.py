@@ -45,13 +45,14 @@ class ShellResult:
     overflowed: bool = False  # killed for writing more than its output cap
 
 
+def is_secret_name(name: str) -> bool:
+    """Whether a variable of this name holds a secret: never handed to a command, redacted where seen."""
+    return name in SECRET_NAMES or any(m in name.upper() for m in SECRET_MARKERS)
+
+
 def safe_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment without secrets, with this interpreter's bin dir first on PATH."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in SECRET_NAMES and not any(m in k.upper() for m in SECRET_MARKERS)
-    }
+    env = {k: v for k, v in os.environ.items() if not is_secret_name(k)}
     # A worker started from a venv runs `python`/`pytest` from that venv, as its user would expect.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update(extra or {})

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import redis
 
-from otto_farm import keys
+from otto_farm import keys, redact
 from otto_farm.errors import InfrastructureError, InputError
 from otto_farm.models import BatchRecord, RunRecord, TaskResult, TaskSet, TaskState, TaskStatus, Usage
 
@@ -43,6 +43,11 @@ for i = 6, event - 1, 2 do redis.call('hincrbyfloat', KEYS[2], ARGV[i], ARGV[i +
 redis.call('xadd', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, event))
 return false
 """
+# Left as they are when results and events are redacted: readers look them up or compare them, and
+# a secret inside a task key would be in the stored task set anyway.
+_IDS = frozenset(
+    {"kind", "ts", "status", "run_id", "task_key", "task", "tasks", "branch", "base_sha", "commit_sha", "sha"}
+)
 
 
 def new_run_id() -> str:
@@ -73,7 +78,14 @@ def _head(run_id: str, raw: str | None) -> dict[str, Any]:
 def _event(kind: str, fields: dict[str, Any]) -> dict[str, str]:
     entry = {"kind": kind, "ts": f"{time.time():.3f}"}
     entry.update({k: str(v) for k, v in fields.items() if v is not None})
-    return entry
+    return cast(dict[str, str], redact.redactor().data(entry, keep=_IDS))
+
+
+def _redacted(result: TaskResult) -> TaskResult:
+    """The result with no secret the worker knows in its text (outputs, errors, messages)."""
+    data = result.model_dump(mode="json")
+    clean = redact.redactor().data(data, keep=_IDS)
+    return result if clean == data else TaskResult.model_validate(clean)
 
 
 @dataclass
@@ -217,7 +229,8 @@ class Store:
 
     def add_result(self, result: TaskResult) -> TaskResult:
         """Store a result once per (task, run), count its usage and emit `task_finished`, in one step;
-        the first stored wins and is returned."""
+        the first stored wins and is returned. What is stored and returned has its secrets redacted."""
+        result = _redacted(result)
         counters = [(k, v) for k, v in result.usage.model_dump().items() if v]
         event = _event(
             "task_finished",
@@ -252,7 +265,7 @@ class Store:
     ) -> None:
         name = keys.transcripts_key(run_id)
         with self.redis.pipeline() as pipe:
-            pipe.hset(name, _field(key, run_no, attempt), json.dumps(entries))
+            pipe.hset(name, _field(key, run_no, attempt), json.dumps(redact.redactor().data(entries)))
             pipe.expire(name, LOG_TTL_S)
             pipe.execute()
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from otto_farm import gitops, prompt, sandbox, shell, verify
+from otto_farm import gitops, prompt, redact, sandbox, shell, verify
 from otto_farm.agents import AgentRequest, get_agent
 from otto_farm.errors import Cancelled, GitError
 from otto_farm.lease import DEFAULT_TTL_S, Lease
@@ -267,7 +267,7 @@ def _attempts(
             attempt.error_code = code
             result.status = TaskStatus.timeout if timed_out else TaskStatus.error
             result.error_code, result.error = code, outcome.error
-            failure = f"The agent run failed: {outcome.error}"
+            failure = redact.redactor().clean(f"The agent run failed: {outcome.error}")
             attempt.duration_s = round(time.monotonic() - attempt_start, 3)
             if timed_out or outcome.infrastructure:  # another attempt would meet the same wall
                 return
@@ -298,4 +298,7 @@ def _attempts(
         attempt.error_code = "verify_failed"
         result.status, result.error_code = TaskStatus.failed, "verify_failed"
         result.error = f"verify exited {res.exit_code}: `{verify_cmd}`"
-        failure = f"The verify command `{verify_cmd}` failed (exit {res.exit_code}):\n{result.verify_tail}"
+        # Back to the agent (and its LLM): without any secret the worker knows, as everything stored.
+        failure = redact.redactor().clean(
+            f"The verify command `{verify_cmd}` failed (exit {res.exit_code}):\n{result.verify_tail}"
+        )

@@ -7,13 +7,12 @@ verify failure to the same messages and the model reads its own error first-hand
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
 import anthropic
 
-from otto_farm import pricing
+from otto_farm import pricing, redact
 from otto_farm.agents.base import AgentOutcome, AgentRequest
 from otto_farm.agents.tools import TOOL_DEFINITIONS, ToolError, Workspace
 from otto_farm.models import Usage
@@ -126,20 +125,20 @@ def _run_tool(
         output, is_error = workspace.run(block["name"], block.get("input") or {}), False
     except ToolError as exc:  # back to the model, which can correct itself
         output, is_error = str(exc), True
+    output = transcript.redactor.clean(output)  # a secret a tool printed must not reach the model either
     transcript.tool(block["name"], output, is_error)
     return {"type": "tool_result", "tool_use_id": block["id"], "content": output, "is_error": is_error}
 
 
 class _Transcript:
-    """What the model said and what the tools answered, capped, with the API key redacted."""
+    """What the model said and what the tools answered, capped, with the worker's secrets redacted."""
 
     def __init__(self) -> None:
         self.entries: list[dict[str, Any]] = []
-        self.secret = os.environ.get("ANTHROPIC_API_KEY") or None
+        self.redactor = redact.redactor()
 
     def _clean(self, text: str) -> str:
-        if self.secret:
-            text = text.replace(self.secret, "[redacted]")
+        text = self.redactor.clean(text)  # before the cut, which could leave a secret's head behind
         return text if len(text) <= TRANSCRIPT_TEXT_CHARS else text[:TRANSCRIPT_TEXT_CHARS] + " [...cut]"
 
     def _add(self, entry: dict[str, Any]) -> None:
