@@ -12,7 +12,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 from redis.exceptions import LockError
 
-from otto_farm import coordinator, keys, pilot, sandbox, taskrun
+from otto_farm import coordinator, keys, pilot, recovery, sandbox, taskrun
 from otto_farm.celery_app import CONTROL_QUEUE, PILOT_QUEUE, TASKS_QUEUE, app
 from otto_farm.lease import Lease
 from otto_farm.models import BatchStatus, PilotAnswer
@@ -129,7 +129,7 @@ def apply_pilot(answer: dict[str, Any], run_id: str, batch: int) -> None:
 
 @app.task(name="otto_farm.sweep")
 def sweep() -> None:
-    """Reconcile every active run (coordinator.reconcile); one sweep at a time across control workers."""
+    """Reconcile every active run (recovery.reconcile); one sweep at a time across control workers."""
     store = _store()
     guard = store.redis.lock(keys.sweep_lock_key(), timeout=SWEEP_LOCK_S, blocking=False)
     if not guard.acquire():
@@ -137,7 +137,7 @@ def sweep() -> None:
     try:
         for run_id in store.active_runs():
             try:
-                if done := coordinator.reconcile(store, _settings().resolved_work_dir, run_id):
+                if done := recovery.reconcile(store, _settings().resolved_work_dir, run_id):
                     logger.warning("reconciled run %s: %s", run_id, done)
             except Exception:  # one broken run must not stop the others being looked after
                 logger.exception("reconciling run %s failed", run_id)

@@ -9,7 +9,7 @@ import sys
 import pytest
 from celery import group
 
-from otto_farm import chords, coordinator, taskset
+from otto_farm import chords, coordinator, recovery, taskset
 from otto_farm.celery_app import app
 from otto_farm.errors import InputError
 from otto_farm.gitops import remote_heads
@@ -88,12 +88,12 @@ def test_resume_resends_a_lost_batch_without_rerunning_finished_tasks(
     monkeypatch.undo()
     # One of its jobs did run (say, before the loss) and stored its result.
     app.signature("otto_farm.run_task", args=(run_id, "a", 1, 0)).apply_async().get(timeout=30)
-    assert coordinator.resume(store, run_id) == "re-sent batch 1: 1 of 2 jobs to run"
+    assert recovery.resume(store, run_id) == "re-sent batch 1: 1 of 2 jobs to run"
     record = wait_for_run(store, run_id)
     assert record.status is RunStatus.passed
     assert sorted(log.read_text().split()) == ["a", "b", "c"]  # a ran once, not again on resume
     with pytest.raises(InputError, match="has already ended"):
-        coordinator.resume(store, run_id)
+        recovery.resume(store, run_id)
     for command in ("cancel", "resume"):
         proc = subprocess.run(
             [sys.executable, "-m", "otto_farm", command, run_id],

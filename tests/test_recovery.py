@@ -115,7 +115,7 @@ def test_a_job_celery_killed_at_its_hard_time_limit_ends_as_an_error_and_the_run
 
     The chord's callback then never fires (a header job failed); the sweep finds the job claimed with
     no lease and Celery's FAILURE, and stores `job_killed` rather than sending it again (fails with
-    that check in `coordinator.reconcile` removed: the job is sent again and killed again, forever).
+    that check in `recovery.reconcile` removed: the job is sent again and killed again, forever).
     """
     pidfile, timeout_s = tmp_path / "stuck.pid", 60
     data = {

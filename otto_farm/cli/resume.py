@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from otto_farm import coordinator
+from otto_farm import recovery
 from otto_farm.cli.common import RunId, connected, console, exits_cleanly
 
 
@@ -10,4 +10,4 @@ from otto_farm.cli.common import RunId, connected, console, exits_cleanly
 def resume(run_id: RunId) -> None:
     """Re-dispatch the current batch's lost jobs; finished tasks are not run again."""
     with connected() as (store, _):
-        console.print(f"run {run_id}: {coordinator.resume(store, run_id)}")
+        console.print(f"run {run_id}: {recovery.resume(store, run_id)}")
