@@ -177,3 +177,9 @@ class Sweeper(bootsteps.StartStopStep):  # type: ignore[misc]  # celery ships no
 
 
 app.steps["worker"].add(Sweeper)
+
+
+@signals.worker_shutdown.connect
+def _remove_sandbox_containers(sender: Any, **kwargs: Any) -> None:
+    """The docker sandbox's containers, one per worktree slot of this worker, go with it."""
+    sandbox.remove_containers(_settings().resolved_work_dir)

@@ -36,14 +36,24 @@ class AgentConfig(Strict):
 class SandboxConfig(Strict):
     """Where a task's commands run (otto_farm/sandbox/): `auto` is bwrap where the worker has it."""
 
-    kind: Literal["auto", "bwrap", "none"] = "auto"
-    network: bool = True  # false: the sandbox's own network namespace, loopback only (bwrap)
-    memory_mb: int | None = Field(None, ge=16)  # each process's data segment (prlimit --data)
+    kind: Literal["auto", "bwrap", "docker", "none"] = "auto"
+    image: NonEmpty | None = None  # kind docker's, e.g. python:3.11-slim
+    network: bool = True  # false: the sandbox's own network namespace, loopback only (bwrap, docker)
+    # bwrap, none: each process's data segment (prlimit --data); docker: the container's (--memory)
+    memory_mb: int | None = Field(None, ge=16)
 
     @model_validator(mode="after")
     def _network_needs_walls(self) -> SandboxConfig:
         if self.kind == "none" and not self.network:
-            raise ValueError("network: false needs a sandbox (kind bwrap or auto)")
+            raise ValueError("network: false needs a sandbox (kind bwrap, docker or auto)")
+        return self
+
+    @model_validator(mode="after")
+    def _image_is_dockers(self) -> SandboxConfig:
+        if self.kind == "docker" and self.image is None:
+            raise ValueError("kind docker needs an image, e.g. image: python:3.11-slim")
+        if self.kind != "docker" and self.image is not None:
+            raise ValueError(f"image is for kind docker, not {self.kind}")
         return self
 
 

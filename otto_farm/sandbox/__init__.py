@@ -1,23 +1,20 @@
 """Sandboxes behind one protocol, looked up by the task set's `sandbox.kind`: `bwrap` (bubblewrap's
-namespaces), `none` (the worker's own view), `auto` (bwrap where it works, else none with a warning)."""
+namespaces), `docker` (a container per worktree slot), `none` (the worker's own view), `auto` (bwrap
+where it works, else none with a warning; never docker)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 
-from otto_farm.errors import OttoFarmError
 from otto_farm.models import SandboxConfig
 from otto_farm.sandbox import bwrap
-from otto_farm.sandbox.base import Command, Sandbox, Walls
+from otto_farm.sandbox.base import Command, Sandbox, SandboxUnavailable, Walls
 from otto_farm.sandbox.bwrap import Bwrap
+from otto_farm.sandbox.docker import Docker, remove_containers
 from otto_farm.sandbox.none import NoSandbox
 
 logger = logging.getLogger(__name__)
-
-
-class SandboxUnavailable(OttoFarmError):
-    """The task set asks for a sandbox this worker cannot make."""
 
 
 def resolved_kind(config: SandboxConfig) -> str:
@@ -29,6 +26,10 @@ def resolved_kind(config: SandboxConfig) -> str:
 
 def get_sandbox(config: SandboxConfig, walls: Walls, lock_fds: Sequence[int] = ()) -> Sandbox:
     """The sandbox a job's commands run in; raises SandboxUnavailable for a kind this worker lacks."""
+    if config.kind == "docker":
+        assert config.image is not None  # the model requires one
+        box = Docker(walls, config.image, network=config.network, memory_mb=config.memory_mb)
+        return box.start()  # the slot's container, cleared of whatever a previous job left running
     limits = ["prlimit", f"--data={config.memory_mb * 2**20}"] if config.memory_mb else []
     kind = resolved_kind(config)
     if kind == "bwrap":
@@ -57,4 +58,13 @@ def _warn_unsandboxed() -> None:
         logger.warning("%s", describe())
 
 
-__all__ = ["Command", "Sandbox", "SandboxUnavailable", "Walls", "describe", "get_sandbox", "resolved_kind"]
+__all__ = [
+    "Command",
+    "Sandbox",
+    "SandboxUnavailable",
+    "Walls",
+    "describe",
+    "get_sandbox",
+    "remove_containers",
+    "resolved_kind",
+]

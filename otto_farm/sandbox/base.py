@@ -9,6 +9,11 @@ from pathlib import Path
 from typing import Protocol
 
 from otto_farm import shell
+from otto_farm.errors import OttoFarmError
+
+
+class SandboxUnavailable(OttoFarmError):
+    """The task set asks for a sandbox this worker cannot make."""
 
 
 @dataclass(frozen=True)
