@@ -1,10 +1,11 @@
-"""A batch as Celery messages: a chord of run_task jobs with its batch_done callback, and the pilot chain."""
+"""A batch as Celery messages: a chord of run_task jobs with its batch_done callback, the gate's chords of
+gate jobs, and the pilot chain."""
 
 from __future__ import annotations
 
 from celery import Signature, chain, chord
 
-from otto_farm import pilot, taskrun
+from otto_farm import gate, pilot, taskrun
 from otto_farm.celery_app import CONTROL_QUEUE, PILOT_QUEUE, TASKS_QUEUE, app
 from otto_farm.models import BatchRecord, RunRecord
 
@@ -40,6 +41,32 @@ def send_batch(record: RunRecord, batch: BatchRecord) -> None:
         args=(run_id, batch.index),
         queue=CONTROL_QUEUE,
         task_id=f"{run_id}.b{batch.index}.done",
+    )
+    chord(header)(callback)
+    _untrack([sig.id for sig in header])
+
+
+def gate_job(record: RunRecord, index: int, round_no: int, label: str, sha: str) -> Signature:
+    """A gate job: check commit `sha` for batch `index` (-1: the base)."""
+    soft_s, hard_s = time_limits(record.taskset.gate.timeout_s)
+    return app.signature(
+        "otto_farm.gate",
+        args=(record.run_id, index, round_no, label, sha),
+        queue=TASKS_QUEUE,  # it needs a repository cache and a worktree slot, as a task's job does
+        task_id=gate.job_id(record.run_id, index, round_no, label),
+        soft_time_limit=soft_s,
+        time_limit=hard_s,
+    )
+
+
+def send_gate(record: RunRecord, index: int, round_no: int, checks: dict[str, str]) -> None:
+    """One round of the gate, label → sha, as a chord: its checks run at once on as many workers."""
+    header = [gate_job(record, index, round_no, label, sha) for label, sha in checks.items()]
+    callback = app.signature(
+        "otto_farm.gate_done",
+        args=(record.run_id, index, round_no),
+        queue=CONTROL_QUEUE,
+        task_id=f"{record.run_id}.b{index}.g{round_no}.done",
     )
     chord(header)(callback)
     _untrack([sig.id for sig in header])

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from otto_farm import chords, gitops, pilot, taskrun
+from otto_farm import chords, gate, gitops, pilot, taskrun
 from otto_farm.errors import InputError
 from otto_farm.models import (
     BatchRecord,
     BatchStatus,
+    ChainLink,
     Decision,
+    GateState,
     PilotAnswer,
     RunRecord,
     RunStatus,
@@ -43,6 +45,10 @@ def start(store: Store, loaded: LoadedTaskSet) -> RunRecord:
         plan=initial(ts),
     )
     store.create(record)
+    if ts.gate.enabled:  # a green base first: no agent runs on a tree that fails already
+        store.emit(run_id, "gate_started", batch=-1, round=0, checks=1)
+        chords.send_gate(record, -1, 0, {gate.BASE: record.base_sha})
+        return record
     return dispatch_next(store, run_id, after=-1) or store.get(run_id)
 
 
@@ -134,16 +140,18 @@ def finish_batch(
             for k in batch.tasks
             if (s := current.tasks[k]).status is TaskStatus.passed and s.last and s.last.commit_sha
         ]
+        gated = current.taskset.gate.enabled
         try:
-            if candidates or index == 0:  # the first batch creates the integration branch
+            if candidates or (index == 0 and not gated):  # ungated, the first batch makes the branch
                 outcome = gitops.merge(
                     gitops.RepoCache(work_dir, current.repo),
-                    current.integration_branch,
+                    gate.candidate_branch(run_id) if gated else current.integration_branch,
                     batch.base_sha,
                     current.base,
                     candidates,
                     run_id,
                     current.taskset.integration_branch,
+                    candidate=gated,
                 )
             else:  # nothing to merge: the branch stays where the last batch left it
                 outcome = gitops.MergeOutcome(sha=batch.base_sha)
@@ -156,16 +164,15 @@ def finish_batch(
             for key in batch.tasks:  # the jobs' results become the tasks' states (store.fill_results)
                 state, done = record.tasks[key], current.tasks[key]
                 state.status, state.reason = done.status, done.reason
-            for key in outcome.merged:
-                record.tasks[key].merged_sha = outcome.sha
-            for key, files in outcome.conflicts.items():
-                state = record.tasks[key]
-                state.status, state.reason = TaskStatus.merge_conflict, "conflict in " + ", ".join(files)
-            batch.merged_sha = record.integration_sha = outcome.sha
-            if pilot.needed(record, index):
-                batch.status = BatchStatus.deciding
+            mark_conflicts(record, outcome.conflicts)
+            if gated and outcome.merged:  # the integration branch moves once the gate passes
+                chain = [ChainLink(key=k, sha=sha) for k, sha in outcome.chain]
+                batch.status, batch.gate = (
+                    BatchStatus.gating,
+                    GateState(chain=chain, pending={gate.FULL: outcome.sha}),
+                )
             else:
-                _conclude(record, index, replan(record))
+                close_batch(record, index, outcome.sha, outcome.merged)
 
         record = store.update(run_id, change)
     store.emit(
@@ -176,10 +183,40 @@ def finish_batch(
         merged=",".join(outcome.merged),
         conflicts=",".join(outcome.conflicts),
     )
-    if record.batches[index].status is BatchStatus.deciding:
-        store.emit(run_id, "pilot_started", batch=index)
-        chords.send_pilot(record, index)
+    send_next_step(store, record, index)
+
+
+def mark_conflicts(record: RunRecord, conflicts: dict[str, list[str]]) -> None:
+    """Tasks whose branches did not merge: `merge_conflict`, with the files."""
+    for key, files in conflicts.items():
+        state = record.tasks[key]
+        state.status, state.reason = TaskStatus.merge_conflict, "conflict in " + ", ".join(files)
+
+
+def close_batch(record: RunRecord, index: int, sha: str, merged: list[str]) -> None:
+    """The batch's merges are on the integration branch at `sha`: decide what comes next."""
+    batch = record.batches[index]
+    for key in merged:
+        record.tasks[key].merged_sha = sha
+    batch.merged_sha = record.integration_sha = sha
+    if pilot.needed(record, index):
+        batch.status = BatchStatus.deciding
     else:
+        _conclude(record, index, replan(record))
+
+
+def send_next_step(store: Store, record: RunRecord, index: int) -> None:
+    """Send what the batch's new state asks for: its gate checks, the pilot, or the next batch."""
+    batch = record.batches[index]
+    if batch.status is BatchStatus.gating and batch.gate is not None:
+        store.emit(
+            record.run_id, "gate_started", batch=index, round=batch.gate.round, checks=len(batch.gate.pending)
+        )
+        chords.send_gate(record, index, batch.gate.round, batch.gate.pending)
+    elif batch.status is BatchStatus.deciding:
+        store.emit(record.run_id, "pilot_started", batch=index)
+        chords.send_pilot(record, index)
+    elif record.status is not RunStatus.running or batch.status is BatchStatus.done:
         _advance(store, record, index)
 
 

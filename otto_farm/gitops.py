@@ -126,6 +126,7 @@ class MergeOutcome:
     sha: str
     merged: list[str] = field(default_factory=list)
     conflicts: dict[str, list[str]] = field(default_factory=dict)
+    chain: list[tuple[str, str]] = field(default_factory=list)  # (key, sha after its merge): candidates
 
 
 class RepoCache:
@@ -276,11 +277,13 @@ def diff_stat(worktree: Path, base_sha: str) -> str:
     return git(["diff", "--stat", base_sha, "HEAD"], cwd=worktree).strip()
 
 
+PUSH = ["push", "-q", "--force", "--no-verify", "--no-follow-tags", "--no-recurse-submodules"]
+
+
 def push(worktree: Path, branch: str, run_id: str, named_branch: str | None = None) -> None:
     """Force-push HEAD to `branch` of the remote, if the run owns it (`check_own_branch`); no tags."""
     check_own_branch(branch, run_id, named_branch)
-    args = ["push", "-q", "--force", "--no-verify", "--no-follow-tags", "--no-recurse-submodules"]
-    git([*args, "origin", f"HEAD:refs/heads/{branch}"], cwd=worktree)
+    git([*PUSH, "origin", f"HEAD:refs/heads/{branch}"], cwd=worktree)
 
 
 def merge(
@@ -291,15 +294,17 @@ def merge(
     candidates: list[tuple[str, str]],
     run_id: str,
     named_branch: str | None = None,
+    candidate: bool = False,
 ) -> MergeOutcome:
     """Merge candidate task branches, (key, branch) in order, into `branch` and push it (if it is the
     run's own: the integration branch its task set names, `named_branch`, or an `otto-farm/<run>/…` one).
 
     It starts from the remote `branch` when that already descends from `start_sha` (a redelivered
     callback after its push: git then finds the work merged and pushes the same head), else from
-    `start_sha`.
+    `start_sha`. A gate `candidate` starts from `start_sha` always and notes the commit each merge
+    makes (`chain`): the gate checks its prefixes, and the candidate branch is the farm's scratch.
     """
-    remote = remote_heads(cache.repo).get(branch)
+    remote = None if candidate else remote_heads(cache.repo).get(branch)
     cache.fetch([base_ref, *(b for _, b in candidates), *([branch] if remote else [])])
     start = (
         remote
@@ -324,6 +329,8 @@ def merge(
             )
             if proc.returncode == 0:
                 outcome.merged.append(key)
+                if candidate:
+                    outcome.chain.append((key, head(wt)))
                 continue
             files = git(["diff", "--name-only", "--diff-filter=U"], cwd=wt).split()
             git(["merge", "--abort"], cwd=wt, check=False)
@@ -332,3 +339,10 @@ def merge(
         outcome.sha = head(wt)
         push(wt, branch, run_id, named_branch)
     return outcome
+
+
+def push_sha(cache: RepoCache, sha: str, branch: str, run_id: str, named_branch: str | None = None) -> None:
+    """Force-push commit `sha` of the cache to `branch` of the remote, if the run owns it: the gate moves
+    the integration branch to a candidate that passed."""
+    check_own_branch(branch, run_id, named_branch)
+    git([*PUSH, "origin", f"{sha}:refs/heads/{branch}"], cwd=cache.git_dir)

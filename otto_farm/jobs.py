@@ -12,10 +12,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 from redis.exceptions import LockError
 
-from otto_farm import coordinator, keys, pilot, recovery, sandbox, taskrun
+from otto_farm import coordinator, gate, gating, keys, pilot, recovery, sandbox, taskrun
 from otto_farm.celery_app import CONTROL_QUEUE, PILOT_QUEUE, TASKS_QUEUE, app
 from otto_farm.lease import Lease
-from otto_farm.models import BatchStatus, PilotAnswer
+from otto_farm.models import BatchStatus, GateCheck, PilotAnswer
 from otto_farm.settings import Settings
 from otto_farm.store import Store
 
@@ -71,6 +71,37 @@ def run_task(self: Any, run_id: str, task_key: str, run_no: int, batch: int) -> 
             run_id, task_key, run_no, batch, worker, error_code="infrastructure", error=error
         )
     return result.model_dump(mode="json", exclude=CHORD_RESULT_EXCLUDE)
+
+
+@app.task(name="otto_farm.gate", bind=True)
+def gate_job(self: Any, run_id: str, batch: int, round_no: int, label: str, sha: str) -> dict[str, Any]:
+    """Check one commit with the gate command; a red or broken gate is a result, never an exception."""
+    worker = self.request.hostname or ""
+    try:
+        check = gate.run(
+            _store(),
+            _settings().resolved_work_dir,
+            run_id,
+            batch,
+            round_no,
+            label,
+            sha,
+            worker=worker,
+            hidden=_settings().hidden_paths(),
+            lease_s=_settings().lease_s,
+        )
+    except Exception as exc:  # the store or the time limit: the callback reads the error, decides nothing
+        error = f"{type(exc).__name__}: {exc}"[-2000:]
+        check = GateCheck(
+            run_id=run_id, batch=batch, round=round_no, label=label, sha=sha, passed=False, error=error
+        )
+    return check.model_dump(mode="json")
+
+
+@app.task(name="otto_farm.gate_done")
+def gate_done(results: list[dict[str, Any]], run_id: str, batch: int, round_no: int) -> None:
+    """The callback of one round of the gate."""
+    gating.finish_gate(_store(), _settings().resolved_work_dir, run_id, batch, round_no, results)
 
 
 @app.task(name="otto_farm.batch_done")

@@ -68,3 +68,8 @@ def transcripts_key(run_id: str) -> str:
 def usage_key(run_id: str) -> str:
     """Hash of the run's usage counters (tokens, cost), added to with HINCRBY as results come in."""
     return f"{PREFIX}:run:{run_id}:usage"
+
+
+def gates_key(run_id: str) -> str:
+    """Hash of the run's gate checks (GateCheck), field `<batch>#<round>#<label>`; expires like results."""
+    return f"{PREFIX}:run:{run_id}:gates"

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import redis
 
 from otto_farm import keys
 
 DEFAULT_TTL_S = 30.0
+T = TypeVar("T")
 
 # Renew only our own lease: after a lapse, another delivery's token is there.
 _RENEW = """
@@ -97,3 +101,34 @@ def claims(client: redis.Redis, run_id: str) -> set[str]:
 def drop_claim(client: redis.Redis, run_id: str, job_id: str) -> None:
     """Forget a lost job's claim once it is sent again, so it counts as lost only if the new one dies."""
     client.srem(keys.claims_key(run_id), job_id)
+
+
+def run_once(
+    client: redis.Redis,
+    run_id: str,
+    job_id: str,
+    ttl_s: float,
+    stored: Callable[[], T | None],
+    work: Callable[[Lease], T],
+    keep: Callable[[T], T],
+) -> T:
+    """One delivery's share of a job: the stored result if there is one; else, under the job's lease,
+    `work`'s result, kept by `keep` (the first kept wins) before the lease is let go, so a delivery
+    waiting for it finds it. A delivery that finds the lease held waits, or takes over once it lapses;
+    a holder whose lease was taken over keeps nothing (the other one's result counts).
+    """
+    while True:
+        if (found := stored()) is not None:
+            return found
+        lease = Lease(client, run_id, job_id, ttl_s)
+        if not lease.acquire():
+            time.sleep(min(1.0, ttl_s / 3))
+            continue
+        kept: T | None = None
+        try:
+            result = work(lease)
+            if not lease.lost.is_set():
+                kept = keep(result)
+                return kept
+        finally:
+            lease.release(finished=kept is not None)

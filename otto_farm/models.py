@@ -57,6 +57,16 @@ class SandboxConfig(Strict):
         return self
 
 
+class GateConfig(Strict):
+    """The integration gate (gate.py): the merged result of every batch must pass before the
+    integration branch moves to it, and the base before any agent runs."""
+
+    enabled: bool = True
+    verify: str | None = None  # null: the task set's verify
+    timeout_s: float = Field(1800, gt=0, le=6 * 3600)
+    retries: int = Field(1, ge=0, le=5)  # runs again after a red, to tell a flaky gate from a break
+
+
 class PilotConfig(Strict):
     enabled: bool = True
     model: str | None = None
@@ -91,6 +101,7 @@ class TaskSet(Strict):
     timeout_s: float = Field(1800, gt=0, le=6 * 3600)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
     pilot: PilotConfig = Field(default_factory=PilotConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     tasks: list[TaskSpec] = Field(min_length=1)
@@ -121,6 +132,10 @@ class TaskSet(Strict):
     def verify_for(self, key: str) -> str:
         return self.task(key).verify or self.verify
 
+    @property
+    def gate_command(self) -> str:
+        return self.gate.verify or self.verify
+
 
 class TaskStatus(StrEnum):
     pending = "pending"  #: waiting for a batch
@@ -145,6 +160,7 @@ class RunStatus(StrEnum):
     error = "error"  #: stopped by an infrastructure failure
     budget_exceeded = "budget_exceeded"  #: stopped dispatching once budget.max_cost_usd was spent
     cancelled = "cancelled"  #: stopped by `otto-farm cancel`
+    base_red = "base_red"  #: the base commit failed the gate: no agent ran
 
 
 class Usage(BaseModel):
@@ -205,6 +221,7 @@ class TaskState(BaseModel):
     context: list[str] = Field(default_factory=list)  # routed to this task by the pilot
     reason: str | None = None
     merged_sha: str | None = None
+    gate_output: str | None = None  # what the gate printed when this task's merge broke it
 
     @property
     def last(self) -> TaskResult | None:
@@ -248,8 +265,45 @@ class PilotRecord(PilotAnswer):
 
 class BatchStatus(StrEnum):
     running = "running"  #: its chord is out
+    gating = "gating"  #: results merged into a candidate, the gate is checking it
     deciding = "deciding"  #: results merged, the pilot is deciding what comes next
     done = "done"  #: results stored, passing branches merged, next step decided
+
+
+class GateCheck(BaseModel):
+    """One gate job's answer: did commit `sha` pass the gate command (after `retries` more tries)?"""
+
+    run_id: str
+    batch: int  # -1: the base, before any batch
+    round: int
+    label: str  # "full" (the whole candidate), "p<n>" (its first n merges), "base"
+    sha: str
+    passed: bool
+    flaky: bool = False  # red, then green when run again
+    exit_code: int | None = None
+    output: str = ""  # the failure-focused excerpt of the gate's output
+    error: str | None = None  # the gate could not run at all (infrastructure): it decides nothing
+    duration_s: float = 0.0
+    worker: str = ""
+
+
+class ChainLink(BaseModel):
+    key: str
+    sha: str  # the candidate after this task's merge commit
+
+
+class GateState(BaseModel):
+    """A batch's way through the gate: its merge chain, the checks of the round under way, and what
+    earlier rounds found."""
+
+    chain: list[ChainLink]
+    round: int = 0
+    search: bool = False  # this round checks the chain's prefixes for the first red one
+    pending: dict[str, str] = Field(default_factory=dict)  # label → sha checked in this round
+    checks: list[GateCheck] = Field(default_factory=list)  # every check of every round
+    culprits: dict[str, str] = Field(default_factory=dict)  # task → the gate output its merge caused
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
 
 
 class BatchRecord(BaseModel):
@@ -261,6 +315,7 @@ class BatchRecord(BaseModel):
     merged_sha: str | None = None
     decision: Decision | None = None
     pilot: PilotRecord | None = None
+    gate: GateState | None = None
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
 
@@ -282,6 +337,7 @@ class RunRecord(BaseModel):
     learnings: list[str] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
     integration_sha: str | None = None
+    base_gate: GateCheck | None = None  # the base's check, with the gate on
     error: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None

@@ -77,6 +77,12 @@ def initial(ts: TaskSet) -> list[list[str]]:
 def retry_guidance(record: RunRecord, key: str) -> str:
     """What the replan hands a retried task; its own verify output reaches it first-hand (prompt.py)."""
     state = record.tasks[key]
+    if state.gate_output is not None:
+        return (
+            f"Your previous change passed its own verify, but once merged with the others of its batch "
+            f"it broke `{record.taskset.gate_command}`, which the integration branch must pass:\n"
+            f"{state.gate_output}\nRedo the change on top of the current code so that it passes."
+        )
     if state.status is TaskStatus.merge_conflict:
         return (
             f"Your previous change did not merge into the integration branch: {state.reason}. "

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from otto_farm import chords, lease, pilot, taskrun
+from otto_farm import chords, gate, lease, pilot, taskrun
 from otto_farm.coordinator import apply_pilot, dispatch_next, finish_batch, stored
 from otto_farm.errors import InputError
-from otto_farm.models import BatchStatus, PilotAnswer, RunStatus
+from otto_farm.gating import finish_gate
+from otto_farm.models import BatchStatus, GateCheck, PilotAnswer, RunRecord, RunStatus
 from otto_farm.store import Store
 
 
@@ -23,6 +24,14 @@ def reconcile(store: Store, work_dir: Path, run_id: str) -> str | None:
     if record.status is not RunStatus.running:
         store.retire(run_id)
         return None
+    if not record.batches and record.taskset.gate.enabled and record.base_gate is None:
+        return _reconcile_gate(store, work_dir, record, -1, 0, {gate.BASE: record.base_sha})
+    if (
+        record.batches
+        and (state := record.batches[-1].gate)
+        and record.batches[-1].status is BatchStatus.gating
+    ):
+        return _reconcile_gate(store, work_dir, record, len(record.batches) - 1, state.round, state.pending)
     if not record.batches or record.batches[-1].status is BatchStatus.done:
         if dispatch_next(store, run_id, after=len(record.batches) - 1) is None:
             return None
@@ -67,6 +76,34 @@ def reconcile(store: Store, work_dir: Path, run_id: str) -> str | None:
     return f"looked after lost jobs {', '.join(k for k, _ in lost)}" if lost else None
 
 
+def _reconcile_gate(
+    store: Store, work_dir: Path, record: RunRecord, index: int, round_no: int, pending: dict[str, str]
+) -> str | None:
+    """A gate round waits: finish it once every check is stored; send again a check lost with its
+    worker (one Celery killed at its hard limit is a red check: the gate command hung)."""
+    run_id = record.run_id
+    checks = store.gate_checks(run_id, index, round_no, pending)
+    if len(checks) == len(pending):
+        finish_gate(
+            store, work_dir, run_id, index, round_no, [c.model_dump(mode="json") for c in checks.values()]
+        )
+        return f"finished gate round {round_no} of batch {index + 1}"
+    claimed, lost = lease.claims(store.redis, run_id), []
+    for label, sha in pending.items():
+        jid = gate.job_id(run_id, index, round_no, label)
+        if label in checks or jid not in claimed or lease.alive(store.redis, jid):
+            continue
+        lease.drop_claim(store.redis, run_id, jid)
+        lost.append(label)
+        if (why := chords.killed(jid)) is not None:
+            killed = GateCheck(run_id=run_id, batch=index, round=round_no, label=label, sha=sha, passed=False)
+            killed.output = f"Celery ended the gate job: {why}"[-2000:]
+            store.add_gate_check(killed)
+        else:
+            chords.gate_job(record, index, round_no, label, sha).apply_async()
+    return f"looked after lost gate checks {', '.join(lost)}" if lost else None
+
+
 def resume(store: Store, run_id: str) -> str:
     """Send again what a running run waits for but may have lost; finished work is not redone.
 
@@ -76,6 +113,16 @@ def resume(store: Store, run_id: str) -> str:
     record = store.get(run_id)
     if record.status is not RunStatus.running:
         raise InputError("run", run_id, f"has already ended ({record.status.value})")
+    if not record.batches and record.taskset.gate.enabled and record.base_gate is None:
+        chords.send_gate(record, -1, 0, {gate.BASE: record.base_sha})
+        return "checked the base with the gate again"
+    if (
+        record.batches
+        and (state := record.batches[-1].gate)
+        and record.batches[-1].status is BatchStatus.gating
+    ):
+        chords.send_gate(record, len(record.batches) - 1, state.round, state.pending)
+        return f"sent gate round {state.round} of batch {len(record.batches)} again"
     if not record.batches or record.batches[-1].status is BatchStatus.done:
         dispatch_next(store, run_id, after=len(record.batches) - 1)
         return f"dispatched batch {len(record.batches) + 1}"

@@ -22,7 +22,16 @@ import redis
 
 from otto_farm import keys, redact
 from otto_farm.errors import InfrastructureError, InputError
-from otto_farm.models import BatchRecord, RunRecord, TaskResult, TaskSet, TaskState, TaskStatus, Usage
+from otto_farm.models import (
+    BatchRecord,
+    GateCheck,
+    RunRecord,
+    TaskResult,
+    TaskSet,
+    TaskState,
+    TaskStatus,
+    Usage,
+)
 
 EVENTS_MAXLEN = 10_000
 CANCEL_TTL_S = 7 * 24 * 3600  # long after any job of the run could still be running
@@ -46,7 +55,20 @@ return false
 # Left as they are when results and events are redacted: readers look them up or compare them, and
 # a secret inside a task key would be in the stored task set anyway.
 _IDS = frozenset(
-    {"kind", "ts", "status", "run_id", "task_key", "task", "tasks", "branch", "base_sha", "commit_sha", "sha"}
+    {
+        "kind",
+        "ts",
+        "status",
+        "run_id",
+        "task_key",
+        "task",
+        "tasks",
+        "branch",
+        "base_sha",
+        "commit_sha",
+        "sha",
+        "label",
+    }
 )
 
 
@@ -64,7 +86,7 @@ def _count(pipe: Any, name: str, usage: Usage) -> None:
             pipe.hincrby(name, counter, value)
 
 
-def _field(key: str, run_no: int, attempt: int | None = None) -> str:
+def _field(key: str, run_no: int, attempt: int | str | None = None) -> str:
     return f"{key}#{run_no}" if attempt is None else f"{key}#{run_no}#{attempt}"
 
 
@@ -259,6 +281,29 @@ class Store:
             ],
         )
         return result if kept is None else TaskResult.model_validate_json(kept)
+
+    def add_gate_check(self, check: GateCheck) -> GateCheck:
+        """Store a gate check once per (batch, round, label); the first stored wins and is returned."""
+        name, field = keys.gates_key(check.run_id), _field(str(check.batch), check.round, check.label)
+        clean = redact.redactor().data(check.model_dump(mode="json"), keep=_IDS)
+        with self.redis.pipeline() as pipe:
+            pipe.hsetnx(name, field, json.dumps(clean))
+            pipe.hget(name, field)
+            pipe.expire(name, LOG_TTL_S)
+            _, kept, _ = pipe.execute()
+        return GateCheck.model_validate_json(kept)
+
+    def gate_checks(
+        self, run_id: str, batch: int, round: int, labels: Collection[str]
+    ) -> dict[str, GateCheck]:
+        """The stored checks of these labels in one gate round."""
+        fields = [_field(str(batch), round, label) for label in labels]
+        raws = cast(list[str | None], self.redis.hmget(keys.gates_key(run_id), fields)) if fields else []
+        return {
+            label: GateCheck.model_validate_json(raw)
+            for label, raw in zip(labels, raws, strict=True)
+            if raw is not None
+        }
 
     def put_transcript(
         self, run_id: str, key: str, run_no: int, attempt: int, entries: list[dict[str, Any]]

@@ -14,7 +14,7 @@ from typing import Any
 from otto_farm import gitops, prompt, redact, sandbox, shell, verify
 from otto_farm.agents import AgentRequest, get_agent
 from otto_farm.errors import Cancelled, GitError
-from otto_farm.lease import DEFAULT_TTL_S, Lease
+from otto_farm.lease import DEFAULT_TTL_S, Lease, run_once
 from otto_farm.models import Attempt, TaskResult, TaskStatus, Usage
 from otto_farm.resources import data_dir
 from otto_farm.sandbox import Command, Sandbox, SandboxUnavailable, Walls
@@ -64,27 +64,19 @@ def run(
     `hidden`: paths of the farm's the task's commands must not see (its home, config file), beside
     the work dir and the worker's $HOME, which are always hidden.
     """
+    views: list[JobView] = []
+
+    def stored() -> TaskResult | None:
+        views[:] = [store.job_view(run_id, key, run_no, batch)]
+        return views[0].state.result_of(run_no)
+
+    def work(lease: Lease) -> TaskResult:
+        return _run_once(
+            store, work_dir, views[0], key, run_no, batch, worker, lease, progress, timeout_errors, hidden
+        )
+
     jid = job_id(run_id, batch, key, run_no)
-    while True:
-        view = store.job_view(run_id, key, run_no, batch)
-        stored = view.state.result_of(run_no)
-        if stored is not None:
-            return stored
-        lease = Lease(store.redis, run_id, jid, lease_s)
-        if not lease.acquire():
-            time.sleep(min(1.0, lease_s / 3))
-            continue
-        kept: TaskResult | None = None
-        try:
-            result = _run_once(
-                store, work_dir, view, key, run_no, batch, worker, lease, progress, timeout_errors, hidden
-            )
-            if not lease.lost.is_set():  # stored before letting go, so a waiting delivery finds it
-                kept = store.add_result(result)
-                return kept
-        finally:
-            lease.release(finished=kept is not None)
-        # It lapsed mid-run and another delivery runs the task now: that one's result counts.
+    return run_once(store.redis, run_id, jid, lease_s, stored, work, store.add_result)
 
 
 def job_id(run_id: str, batch: int, key: str, run_no: int) -> str:
@@ -175,10 +167,7 @@ def _execute(
             return
     env = shell.safe_env({"OTTO_FARM_TASKSET_DIR": view.taskset_dir})
     with cache.slot(base.base_sha) as wt:
-        # Shown read-only: the task set's directory (an agent may read files beside it) and the farm's
-        # own tasks/ (its scripted agent, which the demo and the scenarios run).
-        shown = [Path(view.taskset_dir), data_dir("tasks", "scripted_agent.py")]
-        walls = Walls(wt, cache.git_dir, [work_dir, Path.home(), *hidden], shown)
+        walls = job_walls(cache, wt, work_dir, hidden, view.taskset_dir)
         box = sandbox.get_sandbox(ts.sandbox_for(job.key), walls, lock_fds=[cache.slot_locks[wt]])
         result.sandbox = box.kind
         gitops.reset(wt, result.branch, base.base_sha)
@@ -190,6 +179,16 @@ def _execute(
             result.diff_stat = gitops.diff_stat(wt, base.base_sha)
             progress("push", len(job.attempts))
             gitops.push(wt, result.branch, view.run_id)
+
+
+def job_walls(
+    cache: gitops.RepoCache, wt: Path, work_dir: Path, hidden: Sequence[Path], taskset_dir: str
+) -> Walls:
+    """A job's sandbox walls in slot `wt`: the work dir, the worker's $HOME and `hidden` out of sight;
+    shown read-only, the task set's directory (an agent may read files beside it) and the farm's own
+    tasks/ (its scripted agent, which the demo and the scenarios run)."""
+    shown = [Path(taskset_dir), data_dir("tasks", "scripted_agent.py")]
+    return Walls(wt, cache.git_dir, [work_dir, Path.home(), *hidden], shown)
 
 
 def _setup(

@@ -161,12 +161,23 @@ def make_repo(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture
 def write_taskset(tmp_path: Path) -> Callable[..., Path]:
+    """Write a task set. One given as a dict gets a gate of `true` unless it names its own: most tests'
+    verify commands check one task's file, which the base (the gate's first check) cannot pass. The
+    gate still runs in every run: on the base, and on every batch's candidate before it is merged."""
+
     def write(data: dict[str, Any] | str, name: str = "tasks.yaml") -> Path:
         path = tmp_path / name
+        if isinstance(data, dict):
+            data = {"gate": {"verify": "true"}, **data}
         path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
         return path
 
     return write
+
+
+# For a test that changes how this process sends a run's first chord (a monkeypatch): with the gate on,
+# a worker sends it, after the base's check.
+NO_GATE = {"gate": {"enabled": False}}
 
 
 def wait_for(predicate: Callable[[], object], timeout_s: float = 30) -> None:

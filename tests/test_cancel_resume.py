@@ -15,7 +15,7 @@ from otto_farm.errors import InputError
 from otto_farm.gitops import remote_heads
 from otto_farm.models import BatchStatus, RunStatus, TaskStatus
 
-from conftest import gone_soon, wait_for, wait_for_run
+from conftest import NO_GATE, gone_soon, wait_for, wait_for_run
 
 
 def test_cancel_interrupts_running_jobs_and_dispatches_nothing_more(
@@ -56,7 +56,7 @@ def test_cancel_interrupts_running_jobs_and_dispatches_nothing_more(
     assert after.status is RunStatus.cancelled and len(after.batches) == 1
     assert after.batches[0].status is BatchStatus.running and after.tasks["slow"].status is TaskStatus.skipped
     assert "batch_merged" not in [e["kind"] for _, e in store.events(run_id)]
-    assert after.integration_branch not in remote_heads(str(repo))
+    assert remote_heads(str(repo)).get(after.integration_branch) == after.base_sha  # the gate's green base
     with pytest.raises(InputError, match="has already ended"):
         coordinator.cancel(store, run_id)
 
@@ -69,6 +69,7 @@ def test_resume_resends_a_lost_batch_without_rerunning_finished_tasks(
         write_taskset(
             {
                 "repo": str(make_repo()),
+                **NO_GATE,
                 "verify": "true",
                 "sandbox": {"kind": "none"},  # the agent writes where the test reads: outside its worktree
                 "agent": {
@@ -115,6 +116,7 @@ def test_reconciler_advances_a_batch_whose_callback_never_fired(
         write_taskset(
             {
                 "repo": str(make_repo()),
+                **NO_GATE,
                 "verify": "true",
                 "agent": {"command": "touch $OTTO_FARM_TASK_KEY.txt"},
                 "tasks": [

@@ -5,10 +5,13 @@ from __future__ import annotations
 from otto_farm import chords
 from otto_farm.models import RunStatus, TaskStatus
 
+from conftest import NO_GATE
+
 
 def slow_set(repo, timeout_s: float) -> dict:
     return {
         "repo": str(repo),
+        **NO_GATE,
         "timeout_s": timeout_s,
         "max_task_runs": 1,
         "verify": "true",

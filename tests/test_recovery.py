@@ -15,7 +15,7 @@ from otto_farm.models import BatchRecord, BatchStatus, RunStatus, TaskState, Tas
 from otto_farm.scripted_server import ScriptedReply
 from otto_farm.store import new_run_id
 
-from conftest import gone_soon, make_record, start_worker, wait_for, wait_for_run
+from conftest import NO_GATE, gone_soon, make_record, start_worker, wait_for, wait_for_run
 
 JOB = "lease-run.b0.a.r1"
 
@@ -120,6 +120,7 @@ def test_a_job_celery_killed_at_its_hard_time_limit_ends_as_an_error_and_the_run
     pidfile, timeout_s = tmp_path / "stuck.pid", 60
     data = {
         "repo": str(make_repo()),
+        **NO_GATE,
         "max_task_runs": 1,
         "timeout_s": timeout_s,
         "verify": "true",
@@ -202,6 +203,7 @@ def test_a_holder_whose_lease_was_taken_over_stops_its_commands_and_discards_its
         "repo": str(make_repo()),
         "verify": "true",
         "sandbox": {"kind": "none"},  # the agent writes where the test reads: outside its worktree
+        **NO_GATE,
         "agent": {"command": f"echo $$ > {pidfile}; sleep 30; touch late.txt"},
         "tasks": [{"key": "a", "prompt": "p"}],
     }

@@ -17,7 +17,7 @@ from otto_farm.redact import Redactor, known_secrets
 from otto_farm.scripted_server import ScriptedReply
 from otto_farm.store import Store, new_run_id
 
-from conftest import make_record, unsandboxed
+from conftest import NO_GATE, make_record, unsandboxed
 
 TOKEN = "tok-1234567890abcdef"  # a secret-named variable's value
 ENV_PW = "env-pass-5555"  # the password in a result backend URL from the environment
@@ -167,6 +167,7 @@ def test_a_secret_verify_prints_reaches_neither_the_store_nor_the_next_attempt(
     redacted."""
     data = {
         "repo": str(make_repo({"creds.txt": f"token={TOKEN}\n"})),
+        **NO_GATE,
         "max_attempts": 2,
         "max_task_runs": 1,
         "verify": "cat creds.txt; exit 1",

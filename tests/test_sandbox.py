@@ -27,7 +27,7 @@ from otto_farm.sandbox import Command, Walls, bwrap
 from otto_farm.sandbox.bwrap import Bwrap
 from otto_farm.scripted_server import ScriptedReply
 
-from conftest import report, wait_for
+from conftest import NO_GATE, report, wait_for
 
 pytestmark = pytest.mark.part("bwrap")
 
@@ -192,6 +192,7 @@ def test_a_killed_jobs_commands_never_write_into_a_later_branch(
     flood = "touch started; while true; do echo evil > evil-$RANDOM.txt; sleep 0.05; done"
     data = {
         "repo": str(make_repo()),
+        **NO_GATE,
         "verify": "true",
         "sandbox": {"kind": kind},
         "tasks": [

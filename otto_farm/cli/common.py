@@ -17,7 +17,7 @@ from rich.table import Table
 from otto_farm import celery_app
 from otto_farm.embedded import session
 from otto_farm.errors import OttoFarmError
-from otto_farm.models import RunRecord, TaskStatus
+from otto_farm.models import GateState, RunRecord, TaskStatus
 from otto_farm.settings import Settings
 from otto_farm.store import Store
 
@@ -109,9 +109,27 @@ def summary_line(record: RunRecord) -> str:
     return (
         f"run {record.run_id} {record.status.value}: {counts}; integration branch "
         f"{record.integration_branch} at {short(record.integration_sha)}; cost ${record.usage.cost_usd:.4f}"
+        + (
+            f"; green under the gate `{record.taskset.gate_command}`"
+            if record.taskset.gate.enabled and record.integration_sha
+            else ""
+        )
+        + "".join(f"; batch {b.index + 1}: {_gate_summary(b.gate)}" for b in record.batches if b.gate)
         + (f"; sandbox {', '.join(kinds)}" if kinds else "")
         + ("; UNSANDBOXED: task commands ran as the worker's user" if "none" in kinds else "")
         + (f"; error: {record.error}" if record.error else "")
+    )
+
+
+def _gate_summary(state: GateState) -> str:
+    """A batch's gate: its checks and their time, and the culprits it found."""
+    seconds = sum(c.duration_s for c in state.checks)
+    flaky = sum(c.flaky for c in state.checks)
+    culprits = f", culprit {', '.join(state.culprits)}" if state.culprits else ""
+    return (
+        f"gate {len(state.checks)} check(s) in {seconds:.1f}s"
+        + (f", {flaky} flaky" if flaky else "")
+        + culprits
     )
 
 

@@ -21,6 +21,7 @@ EXIT_CODES = {
     RunStatus.passed: 0,
     RunStatus.failed: 1,
     RunStatus.budget_exceeded: 1,
+    RunStatus.base_red: 1,
     RunStatus.cancelled: 1,
     RunStatus.error: 3,
 }
@@ -36,13 +37,17 @@ def submit(
     no_pilot: Annotated[
         bool, typer.Option("--no-pilot", help="Decide after failures by replan alone.")
     ] = False,
+    no_gate: Annotated[
+        bool, typer.Option("--no-gate", help="Merge without checking the integration branch (gate).")
+    ] = False,
 ) -> None:
     """Run a task set: batches of coding jobs, merged into an integration branch."""
     loaded = taskset.load(file, repo, agent_command=Settings.load().agent_command)
-    if no_pilot:
-        ts = loaded.taskset
-        off = ts.model_copy(update={"pilot": ts.pilot.model_copy(update={"enabled": False})})
-        loaded = dataclasses.replace(loaded, taskset=off)
+    for off, part in ((no_pilot, "pilot"), (no_gate, "gate")):
+        if off:
+            ts = loaded.taskset
+            config = getattr(ts, part).model_copy(update={"enabled": False})
+            loaded = dataclasses.replace(loaded, taskset=ts.model_copy(update={part: config}))
     if dry_run:
         ts = loaded.taskset
         plan = initial(ts)
@@ -107,6 +112,12 @@ def render_event(e: dict[str, str]) -> str | None:
     if kind == "pilot_decided":
         why = f" ({e['reason']})" if e.get("reason") else ""
         return f"  pilot: {e['outcome']}{why}, ${float(e.get('cost_usd', 0)):.4f}"
+    if kind == "gate_started":
+        where = "the base" if e["batch"] == "-1" else f"batch {int(e['batch']) + 1}"
+        return f"  gate: checking {where}" + (f" ({e['checks']} prefixes)" if int(e["checks"]) > 1 else "")
+    if kind in ("gate_passed", "gate_failed", "gate_flaky"):
+        verdict = kind.removeprefix("gate_")
+        return f"  gate: {e['label']} {e['sha'][:10]} {verdict} in {float(e['duration_s']):.1f}s"
     if kind == "run_finished":
         return f"run {e['status']}" + (f": {e['error']}" if e.get("error") else "")
     return None
