@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 import yaml
 
-from otto_farm import celery_app, coordinator, taskset
+from otto_farm import celery_app, coordinator, shell, taskset
+from otto_farm.agents import AgentRequest
 from otto_farm.celery_app import QUEUES, worker_argv
 from otto_farm.embedded import Embedded
 from otto_farm.gitops import git
-from otto_farm.models import RunRecord, RunStatus, TaskSet, TaskState
+from otto_farm.models import AgentConfig, RunRecord, RunStatus, TaskSet, TaskState
 from otto_farm.sandbox import Walls
 from otto_farm.sandbox.none import NoSandbox
 from otto_farm.scripted_server import ScriptedServer
@@ -252,6 +253,31 @@ def make_record(
 def unsandboxed(root: Path) -> NoSandbox:
     """The `none` sandbox on a worktree: for tests of agents and tools, not of the walls."""
     return NoSandbox(Walls(root, root))
+
+
+def anthropic_request(repo: Path, prompt: str, failure: str | None = None, **cfg: Any) -> AgentRequest:
+    """A request for the anthropic agent on `repo`, unsandboxed, with the scrubbed environment."""
+    return AgentRequest(
+        worktree=repo,
+        prompt=prompt,
+        config=AgentConfig(provider="anthropic", **cfg),
+        env=shell.safe_env(),
+        sandbox=unsandboxed(repo),
+        timeout_s=60,
+        run_id="r1",
+        task_key="greet",
+        attempt=1,
+        previous_failure=failure,
+    )
+
+
+def make_slot(make_repo: Callable[..., Path], root: Path) -> tuple[Path, Path]:
+    """A worktree of a bare clone, as the farm makes its slots: (worktree, cache.git) under `root`."""
+    cache = root / "cache.git"
+    git(["clone", "-q", "--bare", str(make_repo()), str(cache)])
+    wt = root / "slot-0"
+    git(["worktree", "add", "-q", "--detach", str(wt), "main"], cwd=cache)
+    return wt, cache
 
 
 def free_port() -> int:

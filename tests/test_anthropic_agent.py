@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from otto_farm import keys, shell
-from otto_farm.agents import AgentRequest, anthropic_agent
+from otto_farm import keys
+from otto_farm.agents import anthropic_agent
 from otto_farm.agents.anthropic_agent import AnthropicAgent
-from otto_farm.models import AgentConfig, RunStatus, TaskStatus
+from otto_farm.models import RunStatus, TaskStatus
 from otto_farm.scripted_server import ScriptedReply, fingerprint
 from otto_farm.store import LOG_TTL_S
 
-from conftest import unsandboxed
+from conftest import anthropic_request
 
 KEY = "sk-ant-test-SECRET-0123456789"
 
@@ -42,20 +42,7 @@ def api(pilot_server, monkeypatch):
 
 
 def run(agent: AnthropicAgent, repo: Path, failure: str | None = None, **cfg) -> object:
-    return agent.run(
-        AgentRequest(
-            worktree=repo,
-            prompt="Add a greeting module.",
-            config=AgentConfig(provider="anthropic", **cfg),
-            env=shell.safe_env(),
-            sandbox=unsandboxed(repo),
-            timeout_s=60,
-            run_id="r1",
-            task_key="greet",
-            attempt=1,
-            previous_failure=failure,
-        )
-    )
+    return agent.run(anthropic_request(repo, "Add a greeting module.", failure, **cfg))
 
 
 def test_multi_turn_loop_views_edits_creates_and_runs(api, make_repo):

@@ -8,16 +8,15 @@ from typing import Any
 
 import pytest
 
-from otto_farm import chords, coordinator, keys, redact, shell, taskrun, taskset
-from otto_farm.agents import AgentRequest
+from otto_farm import chords, coordinator, keys, redact, taskrun, taskset
 from otto_farm.agents.anthropic_agent import AnthropicAgent
 from otto_farm.gitops import git
-from otto_farm.models import AgentConfig, Attempt, TaskResult, TaskStatus
+from otto_farm.models import Attempt, TaskResult, TaskStatus
 from otto_farm.redact import Redactor, known_secrets
 from otto_farm.scripted_server import ScriptedReply
 from otto_farm.store import Store, new_run_id
 
-from conftest import NO_GATE, make_record, unsandboxed
+from conftest import NO_GATE, anthropic_request, make_record
 
 TOKEN = "tok-1234567890abcdef"  # a secret-named variable's value
 ENV_PW = "env-pass-5555"  # the password in a result backend URL from the environment
@@ -139,19 +138,7 @@ def test_the_model_never_gets_a_secret_a_tool_printed(
         ScriptedReply(tool_name="bash", tool_input={"command": "cat creds.txt"}),
         ScriptedReply(text="done"),
     )
-    outcome = AnthropicAgent().run(
-        AgentRequest(
-            worktree=repo,
-            prompt="Read the credentials.",
-            config=AgentConfig(provider="anthropic"),
-            env=shell.safe_env(),
-            sandbox=unsandboxed(repo),
-            timeout_s=60,
-            run_id="r1",
-            task_key="creds",
-            attempt=1,
-        )
-    )
+    outcome = AnthropicAgent().run(anthropic_request(repo, "Read the credentials."))
     assert outcome.ok
     result = pilot_server.requests[-1].body["messages"][-1]["content"][0]
     assert result["type"] == "tool_result" and result["content"].count("[redacted]") == 3

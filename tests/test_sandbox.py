@@ -27,7 +27,7 @@ from otto_farm.sandbox import Command, Walls, bwrap
 from otto_farm.sandbox.bwrap import Bwrap
 from otto_farm.scripted_server import ScriptedReply
 
-from conftest import NO_GATE, report, wait_for
+from conftest import NO_GATE, make_slot, report, wait_for
 
 pytestmark = pytest.mark.part("bwrap")
 
@@ -129,10 +129,7 @@ def walls(make_repo, tmp_path: Path) -> Walls:
     is its own anyway): a hidden home with a socket-like file and a hidden config file."""
     if why := bwrap.unavailable():
         pytest.skip(why)
-    cache = tmp_path / "cache.git"
-    git(["clone", "-q", "--bare", str(make_repo()), str(cache)])
-    wt = tmp_path / "wt"
-    git(["worktree", "add", "-q", "--detach", str(wt), "main"], cwd=cache)
+    wt, cache = make_slot(make_repo, tmp_path)
     secrets = Path(tempfile.mkdtemp(prefix="otto-farm-test-", dir="/var/tmp"))
     (secrets / "home").mkdir()
     (secrets / "home" / "redis.sock").write_text("the farm's socket")

@@ -22,7 +22,7 @@ from otto_farm.models import RunStatus, SandboxConfig
 from otto_farm.sandbox import Command, SandboxUnavailable, Walls, get_sandbox, remove_containers
 from otto_farm.sandbox.docker import Docker
 
-from conftest import branch_files, start_worker
+from conftest import branch_files, make_slot, start_worker
 
 pytestmark = pytest.mark.part("docker")
 
@@ -63,10 +63,7 @@ def walls(docker: None, make_repo, tmp_path: Path) -> Iterator[Walls]:
     """A slot as the farm makes it (a worktree of a bare cache, in a work dir), a farm home and a
     worker home with secrets in them, and a task set directory to show."""
     work = tmp_path / "work"
-    cache = work / "cache.git"
-    git(["clone", "-q", "--bare", str(make_repo()), str(cache)])
-    wt = work / "slot-0"
-    git(["worktree", "add", "-q", "--detach", str(wt), "main"], cwd=cache)
+    wt, cache = make_slot(make_repo, work)
     secrets = Path(tempfile.mkdtemp(prefix="otto-farm-test-", dir="/var/tmp"))
     (secrets / "home").mkdir()
     (secrets / "home" / ".netrc").write_text("password hunter22")
