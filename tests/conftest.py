@@ -224,6 +224,18 @@ def run_taskset(store: Store, worker: Worker) -> Callable[..., RunRecord]:
     return run
 
 
+SCENARIOS = Path(__file__).parents[1] / "tasks" / "scenarios"
+
+
+def fresh_repo(scenario: str, dest: Path) -> Path:
+    """A scenario's starting files (tasks/scenarios/<name>/repo), committed on `main` of a new repository."""
+    shutil.copytree(SCENARIOS / scenario / "repo", dest, ignore=shutil.ignore_patterns("__pycache__"))
+    git(["init", "-q", "-b", "main"], cwd=dest)
+    git(["add", "-A"], cwd=dest)
+    git(["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "start"], cwd=dest)
+    return dest
+
+
 def branch_files(repo: Path, branch: str) -> set[str]:
     return set(git(["ls-tree", "-r", "--name-only", branch], cwd=repo).split())
 

@@ -4,6 +4,7 @@ integration branch passes the suite at every batch head."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -11,63 +12,12 @@ from pathlib import Path
 
 from otto_farm import coordinator, gate, taskset
 from otto_farm.gitops import git
-from otto_farm.models import ChainLink, GateCheck, RunStatus, TaskStatus
+from otto_farm.models import ChainLink, GateCheck, RunRecord, RunStatus, TaskStatus
+from otto_farm.store import Store
 
-from conftest import wait_for_run
+from conftest import SCENARIOS, fresh_repo, wait_for_run
 
 SUITE = "python -m unittest discover -s tests -t ."
-REPO = {
-    "greet.py": "def greet(name):\n    return f'hello {name}'\n",
-    "tests/__init__.py": "",
-    "tests/test_greet.py": (
-        "import unittest\nfrom greet import greet\n\n\nclass T(unittest.TestCase):\n"
-        "    def test_greet(self):\n        self.assertEqual(greet('x'), 'hello x')\n"
-    ),
-}
-# `rename` renames greet to welcome; `shout` adds a caller of greet, or of welcome once the gate's
-# guidance reaches it. Each passes its own verify alone.
-RENAME = """
-from pathlib import Path
-for path in (Path("greet.py"), Path("tests/test_greet.py")):
-    path.write_text(path.read_text().replace("greet(", "welcome(").replace("import greet", "import welcome"))
-"""
-SHOUT = """
-import os
-from pathlib import Path
-told = "once merged" in Path(os.environ["OTTO_FARM_PROMPT_FILE"]).read_text()  # the gate's guidance
-name = "welcome" if told else "greet"
-Path("shout.py").write_text(f"from greet import {name}\\n\\ndef shout(n):\\n    return {name}(n).upper()\\n")
-Path("tests/test_shout.py").write_text(
-    "import unittest\\nfrom shout import shout\\n\\n\\nclass S(unittest.TestCase):\\n"
-    "    def test_shout(self):\\n        self.assertEqual(shout('x'), 'HELLO X')\\n"
-)
-"""
-
-
-def conflicting(repo: Path, tmp_path: Path, **fields: object) -> dict[str, object]:
-    """Two tasks of one batch that pass alone and break each other once merged."""
-    (tmp_path / "rename.py").write_text(RENAME)
-    (tmp_path / "shout.py").write_text(SHOUT)
-    return {
-        "repo": str(repo),
-        "max_attempts": 1,
-        "verify": SUITE,
-        "gate": {"verify": SUITE},
-        "tasks": [
-            {
-                "key": "rename",
-                "prompt": "Rename greet to welcome.",
-                "agent": {"command": 'python "$OTTO_FARM_TASKSET_DIR/rename.py"'},
-            },
-            {
-                "key": "shout",
-                "prompt": "Add shout(), built on greet.",
-                "verify": "python -m unittest tests.test_shout",
-                "agent": {"command": 'python "$OTTO_FARM_TASKSET_DIR/shout.py"'},
-            },
-        ],
-        **fields,
-    }
 
 
 def suite_passes(repo: Path, sha: str, tmp_path: Path) -> bool:
@@ -102,33 +52,47 @@ def test_a_red_base_ends_the_run_before_any_agent_runs(make_repo, write_taskset,
     assert proc.returncode == 1 and "base main fails the gate" in proc.stdout
 
 
-def test_a_semantic_conflict_is_caught_its_culprit_retried_and_every_head_passes(
-    make_repo, write_taskset, run_taskset, store, tmp_path
-):
-    repo = make_repo(REPO)
-    record = run_taskset(write_taskset(conflicting(repo, tmp_path)))
+def semantic_conflict(store: Store, repo: Path, gate_on: bool) -> RunRecord:
+    """tasks/scenarios/semantic-conflict on `repo`, with the gate or without it (`--no-gate`)."""
+    loaded = taskset.load(SCENARIOS / "semantic-conflict" / "tasks.yaml", repo=str(repo))
+    if not gate_on:
+        ts = loaded.taskset
+        off = ts.model_copy(update={"gate": ts.gate.model_copy(update={"enabled": False})})
+        loaded = dataclasses.replace(loaded, taskset=off)
+    return wait_for_run(store, coordinator.start(store, loaded).run_id)
+
+
+def test_a_semantic_conflict_is_caught_its_culprit_retried_and_every_head_passes(store, worker, tmp_path):
+    """Three tasks of one batch, each green alone; merged, one's caller of a renamed function breaks the
+    suite. The gate finds it, keeps the others, and its retry (told by the gate) passes."""
+    repo = fresh_repo("semantic-conflict", tmp_path / "on")
+    record = semantic_conflict(store, repo, gate_on=True)
     assert record.status is RunStatus.passed, record.error
     first = record.batches[0]
     assert first.gate is not None and list(first.gate.culprits) == ["shout"]
     assert "test_shout" in first.gate.culprits["shout"]  # the gate's own words
-    assert [c.label for c in first.gate.checks] == ["full", "p1"]
-    assert record.tasks["rename"].merged_sha == first.merged_sha
+    # Red; then the prefixes: rename alone green, rename + shout red; then rename + count again, green.
+    assert [(c.label, c.passed) for c in first.gate.checks] == [
+        ("full", False),
+        ("p1", True),
+        ("p2", False),
+        ("full", True),
+    ]
+    assert record.tasks["rename"].merged_sha == record.tasks["count"].merged_sha == first.merged_sha
     shout = record.tasks["shout"]
     assert (
         shout.status is TaskStatus.passed and shout.runs == 2 and shout.merged_sha == record.integration_sha
     )
+    assert "rule 0: when ['once merged', 'test_shout']" in shout.last.attempts[-1].agent_output
     heads = [b.merged_sha for b in record.batches]
     assert all(suite_passes(repo, sha, tmp_path) for sha in heads if sha)
-    kinds = [e["kind"] for _, e in store.events(record.run_id)]
-    assert kinds.count("culprit_found") == 1
+    assert [e["kind"] for _, e in store.events(record.run_id)].count("culprit_found") == 1
 
 
-def test_without_the_gate_the_same_run_says_passed_on_a_red_branch(
-    make_repo, write_taskset, run_taskset, tmp_path
-):
-    repo = make_repo(REPO)
-    record = run_taskset(write_taskset(conflicting(repo, tmp_path, gate={"enabled": False})))
-    assert record.status is RunStatus.passed
+def test_without_the_gate_the_same_run_says_passed_on_a_red_branch(store, worker, tmp_path):
+    repo = fresh_repo("semantic-conflict", tmp_path / "off")
+    record = semantic_conflict(store, repo, gate_on=False)
+    assert record.status is RunStatus.passed and record.integration_sha
     assert not suite_passes(repo, record.integration_sha, tmp_path)
 
 

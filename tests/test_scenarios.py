@@ -8,7 +8,6 @@ learnings and routed context it gave.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +19,8 @@ from otto_farm.models import RunRecord, RunStatus, TaskStatus
 from otto_farm.scripted_server import ScriptedServer, load_replies
 from otto_farm.store import Store
 
-from conftest import Worker, wait_for_run
+from conftest import SCENARIOS, Worker, fresh_repo, wait_for_run
 
-SCENARIOS = Path(__file__).parents[1] / "tasks" / "scenarios"
 P, F, S = TaskStatus.passed, TaskStatus.failed, TaskStatus.skipped
 
 
@@ -82,15 +80,6 @@ CASES = [
         files={"kv/report.py": "e['key']", "kv/dashboard.py": 'e["expires_at"]'},
     ),
 ]
-
-
-def fresh_repo(scenario: str, dest: Path) -> Path:
-    """The scenario's starting files, committed on `main` of a new repository."""
-    shutil.copytree(SCENARIOS / scenario / "repo", dest, ignore=shutil.ignore_patterns("__pycache__"))
-    git(["init", "-q", "-b", "main"], cwd=dest)
-    git(["add", "-A"], cwd=dest)
-    git(["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "start"], cwd=dest)
-    return dest
 
 
 def run(store: Store, scenario: str, repo: Path, pilot: bool) -> RunRecord:
