@@ -4,6 +4,7 @@ gate jobs, and the pilot chain."""
 from __future__ import annotations
 
 from celery import Signature, chain, chord
+from celery.exceptions import TimeLimitExceeded
 
 from otto_farm import gate, pilot, taskrun
 from otto_farm.celery_app import CONTROL_QUEUE, PILOT_QUEUE, TASKS_QUEUE, app
@@ -112,6 +113,8 @@ def _untrack(task_ids: list[str]) -> None:
 
 
 def killed(job_id: str) -> str | None:
-    """Why Celery failed a job (it kills a job's process at the hard time limit), or None."""
+    """Why Celery killed a job at its hard time limit, or None: a job that failed for another reason
+    (it lost the store or the broker: a Redis blip) is a lost job, to run again, not a killed one."""
     ended = app.AsyncResult(job_id)
-    return repr(ended.result) if ended.state == "FAILURE" else None
+    at_limit = ended.state == "FAILURE" and isinstance(ended.result, TimeLimitExceeded)
+    return repr(ended.result) if at_limit else None

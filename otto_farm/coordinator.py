@@ -21,10 +21,8 @@ from otto_farm.models import (
     utcnow,
 )
 from otto_farm.plan import initial, replan
-from otto_farm.store import Store, new_run_id
+from otto_farm.store import LOCK_WAIT_S, Store, new_run_id
 from otto_farm.taskset import LoadedTaskSet
-
-CALLBACK_LOCK_S = 900
 
 
 def start(store: Store, loaded: LoadedTaskSet) -> RunRecord:
@@ -103,7 +101,12 @@ def stored(record: RunRecord, key: str) -> bool:
 
 
 def finish_batch(
-    store: Store, work_dir: Path, run_id: str, index: int, results: list[dict[str, object]]
+    store: Store,
+    work_dir: Path,
+    run_id: str,
+    index: int,
+    results: list[dict[str, object]],
+    wait_s: float = LOCK_WAIT_S,
 ) -> None:
     """The chord callback's work: store results, merge passing branches, then decide what comes next.
 
@@ -111,7 +114,7 @@ def finish_batch(
     replan decides here. Serialised per run by a lease, and only a `running` batch is handled, so a
     redelivered callback never merges twice.
     """
-    with store.lock(run_id, CALLBACK_LOCK_S):
+    with store.lock(run_id, wait_s):
         current = store.get(run_id, tasks=())
         if (
             current.status is not RunStatus.running
@@ -160,6 +163,8 @@ def finish_batch(
             return
 
         def change(record: RunRecord) -> None:
+            if record.status is not RunStatus.running:
+                return  # cancelled meanwhile: `cancel` takes no lock
             batch = record.batches[index]
             for key in batch.tasks:  # the jobs' results become the tasks' states (store.fill_results)
                 state, done = record.tasks[key], current.tasks[key]
@@ -175,6 +180,8 @@ def finish_batch(
                 close_batch(record, index, outcome.sha, outcome.merged)
 
         record = store.update(run_id, change)
+    if record.status is RunStatus.cancelled:
+        return
     store.emit(
         run_id,
         "batch_merged",
@@ -220,9 +227,11 @@ def send_next_step(store: Store, record: RunRecord, index: int) -> None:
         _advance(store, record, index)
 
 
-def apply_pilot(store: Store, run_id: str, index: int, answer: PilotAnswer) -> None:
+def apply_pilot(
+    store: Store, run_id: str, index: int, answer: PilotAnswer, wait_s: float = LOCK_WAIT_S
+) -> None:
     """Validate the pilot's answer against the run, apply it (or the replan), then dispatch or finish."""
-    with store.lock(run_id, CALLBACK_LOCK_S):
+    with store.lock(run_id, wait_s):
         current = store.get(run_id, tasks=())
         if (
             current.status is not RunStatus.running
@@ -233,6 +242,8 @@ def apply_pilot(store: Store, run_id: str, index: int, answer: PilotAnswer) -> N
             return  # a second delivery's: the one holding the pilot's lease answers
 
         def change(record: RunRecord) -> None:
+            if record.status is not RunStatus.running:
+                return  # cancelled meanwhile
             decision, entry = pilot.to_decision(record, answer)
             record.batches[index].pilot = entry
             record.usage = record.usage + answer.usage  # as the store counts it, for the budget check
@@ -304,19 +315,20 @@ def cancel(store: Store, run_id: str) -> RunRecord:
 
     Each running job polls the run's cancel mark while its commands run and then kills their process
     group, as on a timeout; a job not yet started ends at once. Their results no longer move the run.
+    It takes no lock, so it never waits on a callback (or on a dead one's lock): the callbacks' updates
+    leave a run that is no longer running alone.
     """
-    with store.lock(run_id, CALLBACK_LOCK_S):
 
-        def change(record: RunRecord) -> None:
-            if record.status is not RunStatus.running:
-                raise InputError("run", run_id, f"has already ended ({record.status.value})")
-            record.status, record.finished_at = RunStatus.cancelled, utcnow()
-            for state in record.tasks.values():
-                if state.status in (TaskStatus.pending, TaskStatus.running):
-                    state.status, state.reason = TaskStatus.skipped, "run cancelled"
+    def change(record: RunRecord) -> None:
+        if record.status is not RunStatus.running:
+            raise InputError("run", run_id, f"has already ended ({record.status.value})")
+        record.status, record.finished_at = RunStatus.cancelled, utcnow()
+        for state in record.tasks.values():
+            if state.status in (TaskStatus.pending, TaskStatus.running):
+                state.status, state.reason = TaskStatus.skipped, "run cancelled"
 
-        record = store.update(run_id, change)
-        store.request_cancel(run_id)
+    record = store.update(run_id, change)
+    store.request_cancel(run_id)
     store.emit(run_id, "run_finished", status=RunStatus.cancelled.value, sha=record.integration_sha)
     return record
 
@@ -325,7 +337,8 @@ def fail(store: Store, run_id: str, error: str) -> None:
     """End a run on an infrastructure failure."""
 
     def change(record: RunRecord) -> None:
-        record.status, record.error, record.finished_at = RunStatus.error, error, utcnow()
+        if record.status is RunStatus.running:
+            record.status, record.error, record.finished_at = RunStatus.error, error, utcnow()
 
     store.update(run_id, change)
     store.emit(run_id, "run_finished", status=RunStatus.error.value, error=error)

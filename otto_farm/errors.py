@@ -34,3 +34,7 @@ class InfrastructureError(OttoFarmError):
 
 class Cancelled(OttoFarmError):
     """The run was cancelled while this job ran: it stops where it is."""
+
+
+class Busy(OttoFarmError):
+    """Another process holds the run's transition lock; the sweep comes back later."""

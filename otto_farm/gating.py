@@ -8,7 +8,6 @@ from pathlib import Path
 
 from otto_farm import gate, gitops, taskrun
 from otto_farm.coordinator import (
-    CALLBACK_LOCK_S,
     close_batch,
     dispatch_next,
     fail,
@@ -16,16 +15,22 @@ from otto_farm.coordinator import (
     send_next_step,
 )
 from otto_farm.models import BatchStatus, ChainLink, GateCheck, RunRecord, RunStatus, TaskStatus, utcnow
-from otto_farm.store import Store
+from otto_farm.store import LOCK_WAIT_S, Store
 
 
 def finish_gate(
-    store: Store, work_dir: Path, run_id: str, index: int, round_no: int, results: list[dict[str, object]]
+    store: Store,
+    work_dir: Path,
+    run_id: str,
+    index: int,
+    round_no: int,
+    results: list[dict[str, object]],
+    wait_s: float = LOCK_WAIT_S,
 ) -> None:
     """The gate chord's callback: the integration branch moves to what passed; a red candidate's prefixes
     are checked for the culprit, which is left out and the rest merged again and checked, until green."""
     checks = {c.label: c for c in (store.add_gate_check(GateCheck.model_validate(r)) for r in results)}
-    with store.lock(run_id, CALLBACK_LOCK_S):
+    with store.lock(run_id, wait_s):
         current = store.get(run_id, tasks=())
         if current.status is not RunStatus.running:
             return
@@ -34,8 +39,8 @@ def finish_gate(
         except Exception as exc:  # the callback boundary: a merge or push that failed ends the run
             fail(store, run_id, f"the gate of batch {index + 1} failed: {exc}")
             return
-    if record is None:
-        return
+    if record is None or record.status is RunStatus.cancelled:
+        return  # nothing to do, or cancelled meanwhile (`cancel` takes no lock)
     _announce(store, current, record, index, checks)
 
 
@@ -82,9 +87,11 @@ def _base_gated(store: Store, work_dir: Path, current: RunRecord, check: GateChe
         fail(store, current.run_id, f"the gate could not run on the base: {check.error}")
         return None
     if check.passed:
-        _push(work_dir, current, check.sha)
+        _push(work_dir, current, check.sha, current.base)
 
     def change(record: RunRecord) -> None:
+        if record.status is not RunStatus.running:
+            return
         record.base_gate = check
         if check.passed:
             record.integration_sha = check.sha
@@ -129,9 +136,11 @@ def _gated(
                 candidate=True,
             )
     if green and not merged_out.chain:
-        _push(work_dir, current, green)
+        _push(work_dir, current, green, gate.candidate_branch(current.run_id))
 
     def change(record: RunRecord) -> None:
+        if record.status is not RunStatus.running:
+            return
         b = record.batches[index]
         g = b.gate
         assert g is not None
@@ -156,9 +165,10 @@ def _gated(
     return store.update(current.run_id, change)
 
 
-def _push(work_dir: Path, record: RunRecord, sha: str) -> None:
-    """The integration branch moves to `sha`, which passed the gate."""
+def _push(work_dir: Path, record: RunRecord, sha: str, ref: str) -> None:
+    """The integration branch moves to `sha`, which passed the gate; `ref` has it on the remote (this
+    worker's cache may not: another control worker may have merged the candidate)."""
     cache = gitops.RepoCache(work_dir, record.repo)
     if not cache.has_commit(sha):
-        cache.fetch([record.base])
+        cache.fetch([ref])
     gitops.push_sha(cache, sha, record.integration_branch, record.run_id, record.taskset.integration_branch)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from functools import cache
 from typing import Any
@@ -10,17 +9,16 @@ from typing import Any
 from celery import bootsteps, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
-from redis.exceptions import LockError
+from redis.exceptions import RedisError
 
 from otto_farm import coordinator, gate, gating, keys, pilot, recovery, sandbox, taskrun
 from otto_farm.celery_app import CONTROL_QUEUE, PILOT_QUEUE, TASKS_QUEUE, app
-from otto_farm.lease import Lease
+from otto_farm.lease import Lease, Lock
 from otto_farm.models import BatchStatus, GateCheck, PilotAnswer
 from otto_farm.settings import Settings
 from otto_farm.store import Store
 
 logger = get_task_logger(__name__)
-SWEEP_LOCK_S = 900  # past this a sweep that died with its worker stops holding the others back
 
 
 @cache
@@ -45,10 +43,14 @@ def run_task(self: Any, run_id: str, task_key: str, run_no: int, batch: int) -> 
     store = _store()
 
     def progress(phase: str, attempt: int) -> None:
-        self.update_state(
-            state="PROGRESS", meta={"run_id": run_id, "task": task_key, "phase": phase, "attempt": attempt}
-        )
-        store.emit(run_id, "task_phase", task=task_key, phase=phase, attempt=attempt)
+        try:
+            self.update_state(
+                state="PROGRESS",
+                meta={"run_id": run_id, "task": task_key, "phase": phase, "attempt": attempt},
+            )
+            store.emit(run_id, "task_phase", task=task_key, phase=phase, attempt=attempt)
+        except RedisError:  # a report for display: a blip in the store must not end the job
+            logger.warning("progress of %s not reported: the store is unreachable", task_key)
 
     worker = self.request.hostname or ""
     try:
@@ -65,7 +67,11 @@ def run_task(self: Any, run_id: str, task_key: str, run_no: int, batch: int) -> 
             lease_s=_settings().lease_s,
             hidden=_settings().hidden_paths(),
         )
-    except Exception as exc:  # e.g. the store is unreachable: report it, so the chord callback still runs
+    except RedisError:
+        # The store (or the broker: the same Redis) went away: the job is lost, not failed. Raised, it
+        # keeps its claim; the sweep sends it again, and no task run is spent (chords.killed).
+        raise
+    except Exception as exc:  # report it, so the chord callback still runs
         error = f"{type(exc).__name__}: {exc}"[-2000:]
         result = taskrun.error_result(
             run_id, task_key, run_no, batch, worker, error_code="infrastructure", error=error
@@ -162,8 +168,8 @@ def apply_pilot(answer: dict[str, Any], run_id: str, batch: int) -> None:
 def sweep() -> None:
     """Reconcile every active run (recovery.reconcile); one sweep at a time across control workers."""
     store = _store()
-    guard = store.redis.lock(keys.sweep_lock_key(), timeout=SWEEP_LOCK_S, blocking=False)
-    if not guard.acquire():
+    guard = Lock(store.redis, keys.sweep_lock_key())  # a sweep that died with its worker frees it in seconds
+    if not guard.acquire(wait_s=0):
         return
     try:
         for run_id in store.active_runs():
@@ -173,8 +179,7 @@ def sweep() -> None:
             except Exception:  # one broken run must not stop the others being looked after
                 logger.exception("reconciling run %s failed", run_id)
     finally:
-        with contextlib.suppress(LockError):
-            guard.release()
+        guard.release()
 
 
 def _send_sweep() -> None:

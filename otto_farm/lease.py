@@ -23,11 +23,17 @@ import redis
 from otto_farm import keys
 
 DEFAULT_TTL_S = 30.0
+LOCK_TTL_S = 10.0  # a dead holder's lock is free this long after its last heartbeat
 T = TypeVar("T")
 
 # Renew only our own lease: after a lapse, another delivery's token is there.
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+# Let go of a lock only while it is ours.
+_UNLOCK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
 # Let go, and drop the claim if the job finished, unless another delivery took over (the claim is then
@@ -41,15 +47,39 @@ return 1
 """
 
 
+class _Heartbeat:
+    """Renews a key holding `token` every third of `ttl_s` from a thread; `lost` once another holds it."""
+
+    def __init__(self, client: redis.Redis, key: str, token: str, ttl_s: float) -> None:
+        self.key, self.token, self.ttl_s = key, token, ttl_s
+        self._renew = client.register_script(_RENEW)
+        self._stop = threading.Event()
+        self.lost = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat {key}", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                if not self._renew(keys=[self.key], args=[self.token, int(self.ttl_s * 1000)]):
+                    self.lost.set()  # it lapsed (a long pause) and another holder took over
+                    return
+            except redis.RedisError:
+                continue  # the store is unreachable for now; try again before the key runs out
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class Lease:
     def __init__(self, client: redis.Redis, run_id: str, job_id: str, ttl_s: float = DEFAULT_TTL_S) -> None:
         self.redis, self.run_id, self.job_id, self.ttl_s = client, run_id, job_id, ttl_s
         self._keys = [keys.lease_key(job_id), keys.claims_key(run_id)]
         self._token = secrets.token_hex(8)
-        self._renew, self._release = client.register_script(_RENEW), client.register_script(_RELEASE)
-        self._stop = threading.Event()
+        self._release = client.register_script(_RELEASE)
+        self._beat: _Heartbeat | None = None
         self.lost = threading.Event()  # set when someone else holds it now: stop and let them finish
-        self._beat: threading.Thread | None = None
 
     def acquire(self) -> bool:
         """Take the lease, claim the job and start the heartbeat; False while another delivery holds it.
@@ -63,18 +93,9 @@ class Lease:
             taken, _ = pipe.execute()
         if not taken:
             return False
-        self._beat = threading.Thread(target=self._heartbeat, name=f"lease {self.job_id}", daemon=True)
-        self._beat.start()
+        self._beat = _Heartbeat(self.redis, self._keys[0], self._token, self.ttl_s)
+        self.lost = self._beat.lost
         return True
-
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(self.ttl_s / 3):
-            try:
-                if not self._renew(keys=self._keys[:1], args=[self._token, int(self.ttl_s * 1000)]):
-                    self.lost.set()  # it lapsed (a long pause) and another delivery took over
-                    return
-            except redis.RedisError:
-                continue  # the store is unreachable for now; try again before the lease runs out
 
     def release(self, finished: bool = True) -> None:
         """Stop the heartbeat, then let go and, if the job finished, drop its claim, in one step.
@@ -82,11 +103,35 @@ class Lease:
         A job cut short without its result stored (Celery's hard time limit sends SIGTERM before
         SIGKILL, so its `finally` runs) keeps its claim: the sweep finds it claimed with no lease, lost.
         """
-        self._stop.set()
         if self._beat is not None:
-            self._beat.join()
+            self._beat.stop()
         if not self.lost.is_set():
             self._release(keys=self._keys, args=[self._token, self.job_id, int(finished)])
+
+
+class Lock:
+    """A lock on a run's transitions (or the sweep): kept by a heartbeat while its holder lives, so a
+    dead holder frees it within `ttl_s`, where a lock with a long fixed lease stalled a run for minutes."""
+
+    def __init__(self, client: redis.Redis, key: str, ttl_s: float = LOCK_TTL_S) -> None:
+        self.redis, self.key, self.ttl_s = client, key, ttl_s
+        self._token = secrets.token_hex(8)
+        self._beat: _Heartbeat | None = None
+
+    def acquire(self, wait_s: float) -> bool:
+        """Take it, waiting up to `wait_s` for its holder (0: only if it is free now)."""
+        deadline = time.monotonic() + wait_s
+        while not self.redis.set(self.key, self._token, nx=True, px=int(self.ttl_s * 1000)):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        self._beat = _Heartbeat(self.redis, self.key, self._token, self.ttl_s)
+        return True
+
+    def release(self) -> None:
+        if self._beat is not None:
+            self._beat.stop()
+        self.redis.register_script(_UNLOCK)(keys=[self.key], args=[self._token])
 
 
 def alive(client: redis.Redis, job_id: str) -> bool:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from pathlib import Path
 
+from celery import Signature
+
 from otto_farm import chords, gate, lease, pilot, taskrun
+from otto_farm.celery_app import CONTROL_QUEUE, PILOT_QUEUE, TASKS_QUEUE
 from otto_farm.coordinator import apply_pilot, dispatch_next, finish_batch, stored
-from otto_farm.errors import InputError
+from otto_farm.errors import Busy, InfrastructureError, InputError
 from otto_farm.gating import finish_gate
 from otto_farm.models import BatchStatus, GateCheck, PilotAnswer, RunRecord, RunStatus
 from otto_farm.store import Store
@@ -24,6 +28,14 @@ def reconcile(store: Store, work_dir: Path, run_id: str) -> str | None:
     if record.status is not RunStatus.running:
         store.retire(run_id)
         return None
+    try:
+        return _reconcile(store, work_dir, record)
+    except Busy:  # a callback is at work on it (or its dead holder's lock has seconds left): next sweep
+        return None
+
+
+def _reconcile(store: Store, work_dir: Path, record: RunRecord) -> str | None:
+    run_id = record.run_id
     if not record.batches and record.taskset.gate.enabled and record.base_gate is None:
         return _reconcile_gate(store, work_dir, record, -1, 0, {gate.BASE: record.base_sha})
     if (
@@ -45,7 +57,7 @@ def reconcile(store: Store, work_dir: Path, run_id: str) -> str | None:
         lease.drop_claim(store.redis, run_id, jid)
         if (why := chords.killed(jid)) is not None:  # asking again would meet the same limit
             ended = PilotAnswer(batch=batch.index, model="", error=f"Celery ended the pilot job: {why}")
-            apply_pilot(store, run_id, batch.index, ended)  # the replan decides
+            apply_pilot(store, run_id, batch.index, ended, wait_s=0)  # the replan decides
             return f"the replan decided after batch {batch.index + 1}"
         chords.send_pilot(record, batch.index)
         store.emit(run_id, "pilot_resent", batch=batch.index)
@@ -54,7 +66,7 @@ def reconcile(store: Store, work_dir: Path, run_id: str) -> str | None:
     missing = [k for k in batch.tasks if not stored(record, k)]
     if not missing:
         store.emit(run_id, "batch_reconciled", batch=batch.index)
-        finish_batch(store, work_dir, run_id, batch.index, [])  # a no-op if the callback got there first
+        finish_batch(store, work_dir, run_id, batch.index, [], wait_s=0)  # a no-op if the callback got there
         return f"finished batch {batch.index + 1}"
     lost = [
         (key, jid)
@@ -85,7 +97,13 @@ def _reconcile_gate(
     checks = store.gate_checks(run_id, index, round_no, pending)
     if len(checks) == len(pending):
         finish_gate(
-            store, work_dir, run_id, index, round_no, [c.model_dump(mode="json") for c in checks.values()]
+            store,
+            work_dir,
+            run_id,
+            index,
+            round_no,
+            [c.model_dump(mode="json") for c in checks.values()],
+            wait_s=0,
         )
         return f"finished gate round {round_no} of batch {index + 1}"
     claimed, lost = lease.claims(store.redis, run_id), []
@@ -104,35 +122,68 @@ def _reconcile_gate(
     return f"looked after lost gate checks {', '.join(lost)}" if lost else None
 
 
-def resume(store: Store, run_id: str) -> str:
-    """Send again what a running run waits for but may have lost; finished work is not redone.
+def resume(
+    store: Store, run_id: str, served: Collection[str] | None = None, waiting: Collection[str] = ()
+) -> str:
+    """Send again what a running run waits for and lost; finished, started and queued work is not.
 
-    The current batch's chord goes out again (a job whose result is stored returns it at once), a
-    lost pilot chain is re-sent, and a batch left done with nothing dispatched after it is followed.
+    A job is lost when its result is not stored, it is not claimed (started: running, or lost with its
+    worker, which the sweep sends again), and its id is not among `waiting`, the jobs still queued in
+    the broker: sending one of those again would make two deliveries meet, one holding a worker slot
+    while it waits for the other. With no job of the chord out, the whole chord goes again (a stored
+    job returns its result at once), so its callback moves the run; else the lost jobs go alone, and
+    the sweep finishes the batch. A lost pilot chain is re-sent, and a batch left done with nothing
+    dispatched after it is followed. `served`, the queues some worker consumes (None: not checked),
+    must hold the ones this sends to: what goes anywhere else only waits.
     """
     record = store.get(run_id)
     if record.status is not RunStatus.running:
         raise InputError("run", run_id, f"has already ended ({record.status.value})")
-    if not record.batches and record.taskset.gate.enabled and record.base_gate is None:
-        chords.send_gate(record, -1, 0, {gate.BASE: record.base_sha})
-        return "checked the base with the gate again"
-    if (
-        record.batches
-        and (state := record.batches[-1].gate)
-        and record.batches[-1].status is BatchStatus.gating
-    ):
-        chords.send_gate(record, len(record.batches) - 1, state.round, state.pending)
-        return f"sent gate round {state.round} of batch {len(record.batches)} again"
-    if not record.batches or record.batches[-1].status is BatchStatus.done:
+    batch = record.batches[-1] if record.batches else None
+    deciding = batch is not None and batch.status is BatchStatus.deciding
+    for queue in (PILOT_QUEUE if deciding else TASKS_QUEUE, CONTROL_QUEUE):  # the jobs, their callbacks
+        if served is not None and queue not in served:
+            raise InfrastructureError(
+                f"no worker consumes the queue {queue}: start one (`otto-farm up` or `otto-farm worker`), "
+                "then resume again"
+            )
+    out = lease.claims(store.redis, run_id) | set(waiting)
+
+    def chord(what: str, jobs: dict[str, Signature], done: Collection[str], send: Callable[[], None]) -> str:
+        busy = [k for k, sig in jobs.items() if k not in done and sig.id in out]
+        lost = [k for k in jobs if k not in done and k not in busy]
+        if not busy:
+            send()
+            return f"re-sent {what}: {len(lost)} of {len(jobs)} jobs to run"
+        for key in lost:
+            jobs[key].apply_async()
+        sent = f"; re-sent {', '.join(lost)}" if lost else "; nothing sent"
+        return f"{what}: {len(busy)} of {len(jobs)} jobs started or queued{sent}"
+
+    def gate_round(index: int, round_no: int, pending: dict[str, str]) -> str:
+        return chord(
+            "the base's gate check" if index < 0 else f"gate round {round_no} of batch {index + 1}",
+            {label: chords.gate_job(record, index, round_no, label, sha) for label, sha in pending.items()},
+            store.gate_checks(run_id, index, round_no, pending),
+            lambda: chords.send_gate(record, index, round_no, pending),
+        )
+
+    if batch is None and record.taskset.gate.enabled and record.base_gate is None:
+        return gate_round(-1, 0, {gate.BASE: record.base_sha})
+    if batch is not None and batch.gate is not None and batch.status is BatchStatus.gating:
+        return gate_round(batch.index, batch.gate.round, batch.gate.pending)
+    if batch is None or batch.status is BatchStatus.done:
         dispatch_next(store, run_id, after=len(record.batches) - 1)
         return f"dispatched batch {len(record.batches) + 1}"
-    batch = record.batches[-1]
-    if batch.status is BatchStatus.deciding:
+    if deciding:
+        if {pilot.job_id(run_id, batch.index), f"{run_id}.b{batch.index}.apply"} & out:
+            return f"the pilot is deciding after batch {batch.index + 1}; nothing sent"
         chords.send_pilot(record, batch.index)
         return f"asked the pilot again after batch {batch.index + 1}"
-    done = [k for k in batch.tasks if stored(record, k)]
-    chords.send_batch(record, batch)
     store.emit(run_id, "batch_resumed", batch=batch.index)
-    return (
-        f"re-sent batch {batch.index + 1}: {len(batch.tasks) - len(done)} of {len(batch.tasks)} jobs to run"
+    return chord(
+        f"batch {batch.index + 1}",
+        {key: chords.job(record, batch.index, key) for key in batch.tasks},
+        [k for k in batch.tasks if stored(record, k)],
+        lambda: chords.send_batch(record, batch),
     )

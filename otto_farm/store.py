@@ -13,15 +13,16 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
 
-from otto_farm import keys, redact
-from otto_farm.errors import InfrastructureError, InputError
+from otto_farm import keys, lease, redact
+from otto_farm.errors import Busy, InfrastructureError, InputError
 from otto_farm.models import (
     BatchRecord,
     GateCheck,
@@ -38,6 +39,7 @@ CANCEL_TTL_S = 7 * 24 * 3600  # long after any job of the run could still be run
 LOG_TTL_S = 14 * 24 * 3600
 TASKSET_CACHE = 64  # task sets kept parsed per process: a run's never changes
 # What the run key holds: the record without its task set and results, which have keys of their own.
+LOCK_WAIT_S = 600.0  # a callback waits this long for another's merge before leaving the batch to the sweep
 _HEAD_ONLY: Any = {"taskset": True, "usage": True, "tasks": {"__all__": {"results"}}}
 # add_result in one round trip: the first result of a run is kept, counted and announced; a later one
 # gets the kept one back. KEYS: results, usage, events. ARGV: field, result, ttl, events maxlen, the
@@ -345,6 +347,25 @@ class Store:
     def cancel_requested(self, run_id: str) -> bool:
         return bool(self.redis.exists(keys.cancel_key(run_id)))
 
-    def lock(self, run_id: str, timeout_s: float) -> Any:
-        """A lease serialising a run's batch callbacks; expires if its holder dies."""
-        return self.redis.lock(keys.batch_lock_key(run_id), timeout=timeout_s, blocking_timeout=timeout_s)
+    @contextmanager
+    def lock(self, run_id: str, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+        """Hold the run's transition lock for the block (lease.Lock: a dead holder's lapses in seconds);
+        Busy if another holder keeps it past `wait_s` (0: the sweep, which never waits on one run)."""
+        held = lease.Lock(self.redis, keys.batch_lock_key(run_id))
+        if not held.acquire(wait_s):
+            raise Busy(f"run {run_id}: another transition holds its lock")
+        try:
+            yield
+        finally:
+            held.release()
+
+    def forget(self, run_id: str) -> None:
+        """Remove every key of the run (`otto-farm:run:<id>` and `…:<id>:*`) and its index entries."""
+        literal = "".join(f"\\{c}" if c in "*?[]\\" else c for c in run_id)  # a glob matching the id alone
+        names = [keys.run_key(run_id), *self.redis.scan_iter(match=f"{keys.run_key(literal)}:*", count=1000)]
+        with self.redis.pipeline() as pipe:
+            pipe.delete(*names)
+            pipe.zrem(keys.runs_index_key(), run_id)
+            pipe.srem(keys.active_runs_key(), run_id)
+            pipe.execute()
+        self._tasksets.pop(run_id, None)

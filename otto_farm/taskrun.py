@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from otto_farm import gitops, prompt, redact, sandbox, shell, verify
 from otto_farm.agents import AgentRequest, get_agent
 from otto_farm.errors import Cancelled, GitError
@@ -106,7 +108,7 @@ def _run_once(
         key,
         run_no,
         started + view.taskset.timeout_s,
-        lambda: lease.lost.is_set() or store.cancel_requested(run_id),
+        lambda: lease.lost.is_set() or _cancelled(store, run_id),
     )
     result = error_result(run_id, key, run_no, batch, worker, base_sha=view.batch.base_sha)
     try:
@@ -125,12 +127,21 @@ def _run_once(
             "job_timeout",
             "job time limit reached",
         )
+    except RedisError:
+        raise  # the store is gone for now: a lost job, run again by the sweep (jobs.run_task)
     except Exception as exc:  # the job boundary: report, never raise, so the chord callback runs
         result.status, result.error_code = TaskStatus.error, "infrastructure"
         result.error = f"{type(exc).__name__}: {exc}"[-2000:]
     result.attempts, result.usage = job.attempts, job.usage
     result.duration_s = round(time.monotonic() - started, 3)
     return result
+
+
+def _cancelled(store: Store, run_id: str) -> bool:
+    try:
+        return store.cancel_requested(run_id)
+    except RedisError:  # a blip in the store does not stop a job's commands
+        return False
 
 
 def error_result(

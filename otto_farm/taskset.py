@@ -5,6 +5,7 @@ Every problem is one InputError naming the file and the field; nothing is writte
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ PROBLEMS = {
     "string_pattern_mismatch": "unsafe key: must match [a-z0-9][a-z0-9._-]{0,63}",
     "string_too_short": "must not be empty",
 }
+# A URL's userinfo (`user:password`, or a token alone: https://TOKEN@host/…), up to its last "@".
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#\s]*)@")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,24 @@ def load(path: Path, repo: str | None = None, agent_command: str | None = None) 
     `repo` (from the command line) overrides the file's; `agent_command` (settings) is the agent's
     command where the set names none, which is how a plain .txt set gets an agent.
     """
+    try:
+        return _load(path, repo, agent_command)
+    except InputError as exc:
+        # The repo's URL may carry a password or token, and an error line goes to terminals and logs.
+        raise InputError(exc.source, exc.field, masked(exc.problem)) from None
+
+
+def masked(text: str) -> str:
+    """`text` with each URL's password masked (`https://user:***@host`), or its user when that is a token."""
+
+    def mask(m: re.Match[str]) -> str:
+        user, colon, _ = m[2].partition(":")
+        return f"{m[1]}{user}:***@" if colon else f"{m[1]}***@"
+
+    return _USERINFO.sub(mask, text)
+
+
+def _load(path: Path, repo: str | None, agent_command: str | None) -> LoadedTaskSet:
     source = str(path)
     if not path.is_file():
         raise InputError(source, "", "no such file")
@@ -61,7 +82,8 @@ def load(path: Path, repo: str | None = None, agent_command: str | None = None) 
         if err["type"] == "string_pattern_mismatch":
             problem = f"{problem} (got {err['input']!r})"
         raise InputError(source, field or "(top level)", problem) from None
-    _check_tasks(ts, source)
+    _check_fields(ts, source)
+    check_tasks(ts, source)
     # A path in the file is relative to the file; one from the command line, to the current directory.
     anchor = Path.cwd() if repo is not None else path.parent
     repo_url = ts.repo if gitops.is_url(ts.repo) else str((anchor / ts.repo).resolve())
@@ -82,7 +104,7 @@ def _parse(path: Path) -> dict[str, Any]:
         prompts = [line.strip() for line in text.splitlines() if line.strip()]
         return {"tasks": [{"key": f"t{i}", "prompt": p} for i, p in enumerate(prompts, 1)]}
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -93,7 +115,49 @@ def _parse(path: Path) -> dict[str, Any]:
     return data
 
 
-def _check_tasks(ts: TaskSet, source: str) -> None:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping, where YAML would keep the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults`: its keys may be given again, that is what it is for
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    )
+                seen.add(key)
+            except TypeError:
+                pass  # an unhashable key: SafeLoader's own error follows
+        return super().construct_mapping(node, deep)
+
+
+def _check_fields(ts: TaskSet, source: str) -> None:
+    """What the model's types let through and would cost a run: an empty verify passes every task
+    unchecked, and a bad integration branch fails the first merge, after the agents ran."""
+    if not ts.verify.strip():
+        raise InputError(source, "verify", "must not be empty")
+    if ts.gate.verify is not None and not ts.gate.verify.strip():
+        raise InputError(source, "gate.verify", "must not be empty (null: the task set's verify)")
+    name = ts.integration_branch
+    if name is not None and not _is_branch_name(name):
+        raise InputError(source, "integration_branch", f"not a valid git branch name: {name!r}")
+
+
+def _is_branch_name(name: str) -> bool:
+    """git's own rules for a new branch (which refuse a leading '-', so it cannot pass for an option).
+    git prints the name it checked: any other (`@{-1}` is the previous branch) is not the name given."""
+    return bool(name) and gitops.git(["check-ref-format", "--branch", name], check=False).strip() == name
+
+
+def check_tasks(ts: TaskSet, source: str) -> None:
+    """Keys unique, dependencies known and acyclic, each task's sandbox and agent usable.
+
+    Also what the pilot's new tasks must pass, laid over the run's task set (`pilot._new_tasks`).
+    """
     seen: set[str] = set()
     for i, task in enumerate(ts.tasks):
         if task.key in seen:
@@ -106,6 +170,8 @@ def _check_tasks(ts: TaskSet, source: str) -> None:
     if cycle := find_cycle(ts.dependencies()):
         raise InputError(source, "tasks.depends_on", "dependency cycle: " + " -> ".join(cycle))
     for i, task in enumerate(ts.tasks):
+        if task.verify is not None and not task.verify.strip():  # null is the set's verify; "" none at all
+            raise InputError(source, f"tasks[{i}].verify", "must not be empty (null: the task set's verify)")
         try:
             ts.sandbox_for(task.key)  # the set's sandbox with the task's own fields over it
         except ValidationError as exc:

@@ -13,6 +13,8 @@ from otto_farm.gitops import git
 from otto_farm.settings import Settings
 from otto_farm.store import Store
 
+from conftest import free_port
+
 
 @pytest.fixture
 def cli(settings: Settings, tmp_path: Path):
@@ -65,8 +67,14 @@ def base_set(repo: Path) -> dict[str, object]:
             {"max_attempt": 3},
             "max_attempt: unknown field",
         ),
+        (
+            [{"key": "a", "prompt": "p"}],
+            {"integration_branch": "-x"},
+            "integration_branch: not a valid git branch name: '-x'",
+        ),
+        ([{"key": "a", "prompt": "p"}], {"verify": ""}, "verify: must not be empty"),
     ],
-    ids=["cycle", "unknown-field"],
+    ids=["cycle", "unknown-field", "option-as-branch", "empty-verify"],
 )
 def test_bad_task_set_exits_2_with_one_line_and_writes_nothing(
     cli, store, make_repo, write_taskset, tasks, extra, message
@@ -77,6 +85,30 @@ def test_bad_task_set_exits_2_with_one_line_and_writes_nothing(
     res = cli("submit", str(path))  # a long path: the line must not wrap
     assert res.returncode == 2, res.stderr
     assert res.stderr.splitlines() == [f"otto-farm: {path}: {message}"]
+    assert snapshot(store, repo) == before
+
+
+def test_duplicate_yaml_key_exits_2_naming_the_key_and_line(cli, store, make_repo, write_taskset):
+    repo = make_repo()
+    path = write_taskset(
+        f"repo: {repo}\nagent: {{command: 'true'}}\ntasks: [{{key: a, prompt: p}}]\nrepo: .\n"
+    )
+    before = snapshot(store, repo)
+    res = cli("submit", str(path))
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.splitlines() == [f"otto-farm: {path}: YAML error at line 4: duplicate key 'repo'"]
+    assert snapshot(store, repo) == before
+
+
+def test_repo_password_is_masked_in_the_error_line(cli, store, make_repo, write_taskset):
+    repo = make_repo()
+    path = write_taskset({**base_set(repo), "tasks": [{"key": "a", "prompt": "p"}]})
+    url = f"http://user:s3cret@127.0.0.1:{free_port()}/x.git"  # nobody listens there
+    before = snapshot(store, repo)
+    res = cli("submit", str(path), "--repo", url)
+    assert res.returncode == 2, res.stderr
+    shown = url.replace("s3cret", "***")
+    assert res.stderr.splitlines() == [f"otto-farm: {path}: repo: {shown!r} is not a git repository"]
     assert snapshot(store, repo) == before
 
 

@@ -49,8 +49,10 @@ def test_redelivered_callback_does_not_merge_twice(make_repo, write_taskset, run
 def test_callback_redelivered_after_its_push_but_before_its_record_finds_the_work_merged(
     make_repo, write_taskset, run_taskset, store, worker
 ):
+    """Without the gate: the callback merges into the integration branch itself. (With it, the merge
+    goes to a candidate the gate checks, and the integration branch moves in gating.py.)"""
     repo = make_repo()
-    record = run_taskset(write_taskset({"repo": str(repo), **TASKS}))
+    record = run_taskset(write_taskset({"repo": str(repo), **TASKS, "gate": {"enabled": False}}))
     commits = commit_count(repo, record.integration_branch)
 
     def forget_the_end(r: RunRecord) -> None:  # as if the first delivery died right after pushing
@@ -90,7 +92,7 @@ def test_callback_redelivered_while_the_run_goes_on_changes_nothing(
                         "key": "slow",
                         "prompt": "after a",
                         "depends_on": ["a"],
-                        "agent": {"command": f"touch {started}; sleep 3; echo done > slow.txt"},
+                        "agent": {"command": f"touch {started}; sleep 8; echo done > slow.txt"},
                     },
                 ],
             }

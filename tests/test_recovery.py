@@ -8,6 +8,9 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+import redis
+
 from otto_farm import chords, coordinator, keys, taskrun, taskset
 from otto_farm.celery_app import TASKS_QUEUE, app
 from otto_farm.lease import Lease, alive, claims
@@ -223,3 +226,31 @@ def test_a_holder_whose_lease_was_taken_over_stops_its_commands_and_discards_its
         store.redis.delete(keys.lease_key(jid))
         assert first.result(timeout=10).worker == "other"  # the first one returns the other's result
     assert store.job_view(run_id, "a", 1, 0).state.result_of(1).worker == "other"
+
+
+@pytest.mark.filterwarnings("ignore:Call to deprecated setex")  # inside Celery's Redis backend
+def test_a_job_that_failed_for_a_lost_store_runs_again_without_spending_a_task_run(
+    make_repo, write_taskset, store, worker, monkeypatch
+):
+    """What a Redis blip can leave: the job claimed, its lease gone, Celery's FAILURE a ConnectionError
+    (not a time limit). The sweep must send it again (fails if every FAILURE counts as a killed job:
+    the task then ends `job_killed`, its only run spent)."""
+    data = {
+        "repo": str(make_repo()),
+        **NO_GATE,
+        "max_task_runs": 1,
+        "verify": "true",
+        "agent": {"command": "touch $OTTO_FARM_TASK_KEY.txt"},
+        "tasks": [{"key": "lost", "prompt": "p"}],
+    }
+    monkeypatch.setattr(chords, "chord", lambda header: lambda callback: None)  # its message was lost too
+    run_id = coordinator.start(store, taskset.load(write_taskset(data))).run_id
+    monkeypatch.undo()
+    jid = taskrun.job_id(run_id, 0, "lost", 1)
+    store.redis.sadd(keys.claims_key(run_id), jid)
+    app.backend.mark_as_failure(jid, redis.ConnectionError("Connection closed by server."))
+    record = wait_for_run(store, run_id, timeout_s=60)
+    assert record.status is RunStatus.passed
+    [result] = record.tasks["lost"].results
+    assert result.status is TaskStatus.passed and record.tasks["lost"].runs == 1
+    assert [e["task"] for _, e in store.events(run_id) if e["kind"] == "job_resent"] == ["lost"]

@@ -266,3 +266,79 @@ def test_existing_integration_branch_is_refused(make_repo, write_taskset):
     git(["branch", "release"], cwd=repo)
     path = write_taskset(with_repo(repo) | {"integration_branch": "release"})
     assert one_line_error(path) == f"{path}: integration_branch: branch 'release' exists already"
+
+
+@pytest.mark.parametrize("branch", ["-x", "bad..ref name", "HEAD", "@{-1}", ""])
+def test_bad_integration_branch(make_repo, write_taskset, branch):
+    # Refused before any agent runs: `-x` would reach `git checkout -B` as an option, after the jobs.
+    path = write_taskset(with_repo(make_repo()) | {"integration_branch": branch})
+    assert one_line_error(path) == f"{path}: integration_branch: not a valid git branch name: {branch!r}"
+
+
+def test_integration_branch_with_slashes_is_fine(make_repo, write_taskset):
+    path = write_taskset(with_repo(make_repo()) | {"integration_branch": "farm/run-1"})
+    assert load(path).taskset.integration_branch == "farm/run-1"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"verify": ""}, "verify"),
+        ({"verify": "  "}, "verify"),
+        ({"tasks": [{"key": "a", "prompt": "p", "verify": ""}]}, "tasks[0].verify"),
+        ({"gate": {"verify": " "}}, "gate.verify"),
+    ],
+    ids=["set", "set-blank", "task", "gate"],
+)
+def test_empty_verify(make_repo, write_taskset, fields, field):
+    # An empty command exits 0: every task would pass unchecked.
+    path = write_taskset({**with_repo(make_repo()), **fields})
+    assert one_line_error(path).startswith(f"{path}: {field}: must not be empty")
+
+
+def test_null_verify_means_the_sets(make_repo, write_taskset):
+    tasks = [{"key": "a", "prompt": "p", "verify": None}]
+    ts = load(
+        write_taskset(with_repo(make_repo(), tasks, verify="make check", gate={"verify": None}))
+    ).taskset
+    assert ts.verify_for("a") == ts.gate_command == "make check"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        ("verify: 'true'\nagent: {command: 'true'}\nverify: ''\ntasks: [{key: a, prompt: p}]\n", 3, "verify"),
+        ("tasks:\n  - key: a\n    prompt: one\n    prompt: two\n", 4, "prompt"),
+        ("gate: {verify: 'true', verify: 'false'}\ntasks: [{key: a, prompt: p}]\n", 1, "verify"),
+    ],
+    ids=["top-level", "task", "flow-mapping"],
+)
+def test_duplicate_yaml_key(write_taskset, text, line, key):
+    # YAML keeps the last of two; a typo or a paste must fail loudly instead.
+    path = write_taskset(text)
+    assert one_line_error(path) == f"{path}: YAML error at line {line}: duplicate key {key!r}"
+
+
+def test_yaml_merge_key_may_be_given_again(make_repo, write_taskset):
+    # `<<: *anchor` then a key of the anchor's own: an override, not a duplicate.
+    text = f"repo: {make_repo()}\nagent: {{command: 'true'}}\ntasks:\n  - &t {{key: a, prompt: p}}\n"
+    ts = load(write_taskset(text + "  - <<: *t\n    key: b\n")).taskset
+    assert [(t.key, t.prompt) for t in ts.tasks] == [("a", "p"), ("b", "p")]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:s3cret@127.0.0.1:{port}/x.git", "http://user:***@127.0.0.1:{port}/x.git"),
+        ("https://ghp_t0ken@127.0.0.1:{port}/x.git", "https://***@127.0.0.1:{port}/x.git"),
+    ],
+    ids=["password", "token"],
+)
+def test_repo_credentials_are_masked_in_errors(make_repo, write_taskset, url, shown):
+    from conftest import free_port
+
+    port = free_port()  # nobody listens: the repository is unreachable
+    url, shown = url.format(port=port), shown.format(port=port)
+    path = write_taskset(with_repo(make_repo()) | {"repo": url})
+    for message in (one_line_error(path), one_line_error(path, repo=url)):
+        assert message == f"{path}: repo: {shown!r} is not a git repository"

@@ -6,7 +6,10 @@ preset (agents/presets.py) for a coding CLI such as Claude Code, Codex or Aider.
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +23,9 @@ from otto_farm.sandbox import Command
 OUTPUT_CHARS = 20_000
 # A CLI's report (one JSON object, or the end of an event stream) must be read whole, not from a tail.
 PARSED_OUTPUT_CHARS = 5_000_000
+PROMPTS_PREFIX = "otto-farm-prompts-"  # + the pid of the process whose jobs' prompt files it holds
+_PROMPT_ROOTS: dict[int, Path] = {}  # by pid: a forked pool process makes its own
+_PROMPT_LOCK = threading.Lock()
 
 
 class CommandAgent:
@@ -34,7 +40,7 @@ class CommandAgent:
         if not command:
             return _failed("agent.command is not set")
         parses = preset is not None and preset.output in presets.PARSERS
-        with tempfile.TemporaryDirectory(prefix="otto-farm-prompt-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="otto-farm-prompt-", dir=prompt_root()) as tmp:
             prompt_file = Path(tmp) / "prompt.md"
             prompt_file.write_text(request.prompt)
             env = {
@@ -61,6 +67,37 @@ class CommandAgent:
             )
         parsed = presets.parse_output(preset.output, res.output) if preset else None
         return _outcome(res, parsed, request.timeout_s)
+
+
+def prompt_root() -> Path:
+    """This process's directory for its jobs' prompt files, made on its first job.
+
+    A job's own directory goes when the job ends, but not when its process is killed (a pool process
+    SIGKILLed at the hard time limit or with its worker), and a prompt may hold what it was told. So a
+    process's first job removes what dead processes left: their directories, by the pid in the name
+    (ours too: a dead process with our pid left it). Not in the worktree slot: that is committed, and
+    the slot's reset (`git clean`) touches nothing beside it.
+    """
+    pid = os.getpid()
+    with _PROMPT_LOCK:
+        if (root := _PROMPT_ROOTS.get(pid)) is None:
+            for path in Path(tempfile.gettempdir()).glob(f"{PROMPTS_PREFIX}*"):
+                owner = path.name.removeprefix(PROMPTS_PREFIX).partition("-")[0]
+                if owner.isdigit() and (int(owner) == pid or not _alive(int(owner))):
+                    shutil.rmtree(path, ignore_errors=True)  # another user's stays: not ours to remove
+            # mkdtemp: a name nobody else on a shared /tmp can have made first, readable by us alone.
+            root = _PROMPT_ROOTS[pid] = Path(tempfile.mkdtemp(prefix=f"{PROMPTS_PREFIX}{pid}-"))
+        return root
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _failed(error: str) -> AgentOutcome:

@@ -8,6 +8,7 @@ from otto_farm.cli.cancel import cancel
 from otto_farm.cli.demo import demo
 from otto_farm.cli.flower import flower
 from otto_farm.cli.logs import logs
+from otto_farm.cli.prune import prune
 from otto_farm.cli.resume import resume
 from otto_farm.cli.runs import runs
 from otto_farm.cli.status import status
@@ -22,7 +23,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for command in (submit, status, runs, logs, cancel, resume, up, down, worker, flower, demo):
+for command in (submit, status, runs, logs, cancel, resume, prune, up, down, worker, flower, demo):
     app.command()(command)
 
 

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import signal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
 from otto_farm import coordinator, taskset
-from otto_farm.cli.common import Workers, connected, console, exits_cleanly, summary_line, task_table
+from otto_farm.cli.common import (
+    Workers,
+    connected,
+    console,
+    err_console,
+    exits_cleanly,
+    summary_line,
+    task_table,
+)
 from otto_farm.embedded import Embedded
 from otto_farm.errors import InfrastructureError, InputError
 from otto_farm.models import RunRecord, RunStatus
@@ -62,17 +73,52 @@ def submit(
 
 def run(loaded: taskset.LoadedTaskSet, wait: bool = True, workers: int = 2) -> None:
     """Start a run of a loaded task set and, with `wait`, follow it and exit with its outcome's code."""
-    if not wait and (settings := Settings.load()).embedded and not Embedded(settings).redis_up():
+    if not wait and not _lasting():  # a farm started for this command would stop as it returns
         raise InputError("--no-wait", "", "needs a running farm: start one with `otto-farm up`")
     with connected(workers) as (store, proc):
         record = coordinator.start(store, loaded)
         console.print(f"run {record.run_id}: {len(record.tasks)} tasks on {loaded.repo} ({loaded.base})")
         if not wait:
             return
-        record = follow(store, record.run_id, proc)
+        try:
+            record = follow(store, record.run_id, proc)
+        except KeyboardInterrupt:
+            interrupted(store, record.run_id)
     console.print(task_table(record), soft_wrap=False)
     console.print(summary_line(record))
     raise typer.Exit(EXIT_CODES[record.status])
+
+
+def _lasting() -> bool:
+    """Whether the farm outlives this command: a configured broker's, or one `otto-farm up` keeps."""
+    settings = Settings.load()
+    return not settings.embedded or Embedded(settings).kept_up()
+
+
+def interrupted(store: Store, run_id: str) -> NoReturn:
+    """Ctrl-C while following a run: on a farm that outlives this command the run goes on; on one
+    that stops with it, the run could only wait forever, so it is cancelled."""
+    if _lasting():
+        err_console.print(
+            f"otto-farm: interrupted; run {run_id} goes on: `otto-farm status {run_id}` follows it, "
+            f"`otto-farm cancel {run_id}` stops it",
+            markup=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130)
+    signal.signal(signal.SIGINT, _exit_now)  # cancelling and stopping the farm may take a while
+    err_console.print(
+        f"otto-farm: interrupted; cancelling run {run_id} (Ctrl-C again to exit now)", soft_wrap=True
+    )
+    with contextlib.suppress(InputError):  # it ended meanwhile
+        coordinator.cancel(store, run_id)
+    raise typer.Exit(130)
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    """A second Ctrl-C: exit at once; what is left of the farm stops with its next client or `down`."""
+    os.write(2, b"otto-farm: exiting now; `otto-farm down` stops what is left of the farm\n")
+    os._exit(130)
 
 
 def follow(store: Store, run_id: str, workers: object | None = None) -> RunRecord:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
+
 from otto_farm.cli.common import Workers, console, exits_cleanly
 from otto_farm.embedded import Embedded
 from otto_farm.errors import InputError
+from otto_farm.models import RunStatus
 from otto_farm.settings import Settings
+from otto_farm.store import Store
 
 
 def _farm() -> Embedded:
@@ -21,16 +27,33 @@ def _farm() -> Embedded:
 def up(workers: Workers = 2) -> None:
     """Start the embedded Redis and local workers in the background."""
     farm = _farm()
-    if not farm.redis_up():
-        farm.start_redis()
-    if not farm.workers_up():
-        farm.start_workers(workers)
+    with farm.locked():  # a submit's own farm running already is kept from now on
+        farm.start(workers)
+        farm.keep()
     console.print(f"farm up: Redis on {farm.socket}, workers logging to {farm.home / 'worker.log'}")
 
 
 @exits_cleanly
-def down() -> None:
-    """Stop the embedded Redis and local workers started by `up`."""
+def down(
+    force: Annotated[bool, typer.Option("--force", help="Stop even while runs are running.")] = False,
+) -> None:
+    """Stop the embedded Redis and local workers; refused while runs are running, unless --force."""
     farm = _farm()
-    farm.stop()
-    console.print("farm down")
+    with farm.locked():
+        running = _running_runs(farm) if farm.redis_up() else []
+        if running and not force:
+            raise InputError(
+                "down",
+                "",
+                f"run {', '.join(running)} still running: `otto-farm cancel RUN` ends it, "
+                "`otto-farm down --force` interrupts it",
+            )
+        farm.stop()
+    # Their jobs were cut short; the runs stay `running`, and the next `up`'s sweep sends their lost jobs.
+    gone = f"; run {', '.join(running)} interrupted: `otto-farm up` goes on with it" if running else ""
+    console.print("farm down" + gone)
+
+
+def _running_runs(farm: Embedded) -> list[str]:
+    store = Store.from_url(farm.settings.resolved_store_url)
+    return [r for r in store.active_runs() if store.get(r, tasks=()).status is RunStatus.running]
