@@ -267,6 +267,7 @@ def _conclude(record: RunRecord, index: int, decision: Decision) -> None:
     """Apply the batch's decision, close the batch, and open the next one (or end the run)."""
     batch = record.batches[index]
     batch.decision = decision
+    record.add_tasks(decision.new_tasks)  # first: the skips and batches below may name them
     for key, guidance in decision.retry.items():
         state = record.tasks[key]
         state.status, state.guidance = TaskStatus.pending, guidance

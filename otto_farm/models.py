@@ -137,6 +137,11 @@ class TaskSet(Strict):
         return self.gate.verify or self.verify
 
 
+def with_tasks(ts: TaskSet, specs: list[TaskSpec]) -> TaskSet:
+    """The task set with `specs` after its own tasks; a shallow copy, so a cached set stays as it is."""
+    return ts.model_copy(update={"tasks": [*ts.tasks, *specs]}) if specs else ts
+
+
 class TaskStatus(StrEnum):
     pending = "pending"  #: waiting for a batch
     running = "running"  #: its job is on a worker
@@ -240,6 +245,7 @@ class Decision(BaseModel):
     skip: dict[str, str] = Field(default_factory=dict)
     routed: dict[str, list[str]] = Field(default_factory=dict)  # task → context for its prompt alone
     learnings: list[str] = Field(default_factory=list)  # for every later task's prompt
+    new_tasks: list[TaskSpec] = Field(default_factory=list)  # fix tasks the pilot adds to the run
     batches: list[list[str]] = Field(default_factory=list)
 
 
@@ -332,6 +338,9 @@ class RunRecord(BaseModel):
     integration_branch: str
     status: RunStatus = RunStatus.running
     tasks: dict[str, TaskState]
+    # Tasks the pilot added. The stored task set is written once, so they live in the record's head, and
+    # the store lays them over the task set it reads (`taskset` then holds them too: see `add_tasks`).
+    added_tasks: list[TaskSpec] = Field(default_factory=list)
     batches: list[BatchRecord] = Field(default_factory=list)
     plan: list[list[str]] = Field(default_factory=list)  # batches still to dispatch
     learnings: list[str] = Field(default_factory=list)
@@ -341,6 +350,13 @@ class RunRecord(BaseModel):
     error: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
+
+    def add_tasks(self, specs: list[TaskSpec]) -> None:
+        """Add tasks to the run, each pending: to its head, its task set and its task states."""
+        if specs:
+            self.added_tasks = [*self.added_tasks, *specs]
+            self.taskset = with_tasks(self.taskset, specs)
+            self.tasks = {**self.tasks, **{t.key: TaskState(key=t.key) for t in specs}}
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -8,22 +8,37 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Literal, Protocol, cast
+from typing import Annotated, Any, Literal, Protocol, cast
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from otto_farm import pricing, shell
-from otto_farm.models import FAILED_STATUSES, Decision, PilotAnswer, PilotRecord, RunRecord, TaskStatus, Usage
+from otto_farm.errors import InputError
+from otto_farm.models import (
+    FAILED_STATUSES,
+    Decision,
+    PilotAnswer,
+    PilotRecord,
+    RunRecord,
+    TaskKey,
+    TaskSpec,
+    TaskStatus,
+    Usage,
+    with_tasks,
+)
 from otto_farm.plan import default_retries, replan, settle
+from otto_farm.taskset import check_tasks
 
 TOOL_NAME = "decide_next_batches"
 MAX_TOKENS = 4096
+MAX_NEW_TASKS = 3  # per decision: fixes for what a batch revealed, not a second plan
 SYSTEM = (
     "You are the pilot of a farm of coding agents working on one git repository. A batch of tasks has "
     "just ended with failures. Read what happened, explain each failure, choose per failed task whether "
     "to retry it, retry it differently (with concrete guidance for its agent) or skip it, route what "
     "passed tasks revealed to the upcoming tasks that need it, record learnings every later task should "
-    "know, and order the remaining work into batches. Answer only by calling the tool."
+    "know, add a fix task (at most 3) where a failure needs work no task does, and order the remaining "
+    "work into batches. Answer only by calling the tool."
 )
 
 
@@ -54,6 +69,16 @@ class RoutedContext(BaseModel):
     context: str
 
 
+class NewTask(BaseModel):
+    """A fix task the pilot adds; it runs with the task set's agent and sandbox."""
+
+    model_config = ConfigDict(extra="forbid")
+    key: TaskKey  # its pattern bounds the length too
+    prompt: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=8000)]
+    depends_on: list[TaskKey] = Field(default_factory=list, max_length=32)
+    verify: Annotated[str, StringConstraints(min_length=1, max_length=2000)] | None = None  # None: the set's
+
+
 class PilotDecision(BaseModel):
     """The pilot's answer: the tool's input_schema is this model's JSON schema."""
 
@@ -63,6 +88,7 @@ class PilotDecision(BaseModel):
     routed_context: list[RoutedContext] = Field(default_factory=list)
     skip_tasks: list[str] = Field(default_factory=list)
     new_learnings: list[str] = Field(default_factory=list)
+    new_tasks: list[NewTask] = Field(default_factory=list, max_length=MAX_NEW_TASKS)
     batches: list[list[str]] = Field(default_factory=list)
 
 
@@ -169,10 +195,12 @@ def _render(record: RunRecord, index: int, n: int) -> str:
     out.append("\n## Learnings so far")
     out.extend(f"- {x}" for x in record.learnings or ["(none)"])
     out.append("\n## Upcoming tasks")
+    added = {t.key for t in record.added_tasks}
     for key, state in record.tasks.items():
         if state.status is TaskStatus.pending:
             deps = ", ".join(ts.task(key).depends_on) or "none"
-            out.append(f"### {key} (depends on: {deps})\n{shell.tail(ts.task(key).prompt, n)}")
+            by = ", added by the pilot" if key in added else ""
+            out.append(f"### {key} (depends on: {deps}{by})\n{shell.tail(ts.task(key).prompt, n)}")
     return "\n".join(out) + "\n"
 
 
@@ -185,8 +213,12 @@ def _key_lists(record: RunRecord) -> str:
         f"- failed, with runs left (retry, retry_different or skip): {', '.join(retryable) or 'none'}\n"
         f"- failed for good (skip only): {', '.join(lost) or 'none'}\n"
         f"- still to run (routed_context targets, skip_tasks): {', '.join(pending) or 'none'}\n"
-        "- batches: exactly the tasks still to run plus those you retry, minus those you skip, each once, "
-        f"a task after the ones it depends on, at most {record.taskset.max_batch_size} per batch.\n"
+        f"- new_tasks: at most {MAX_NEW_TASKS} fix tasks, each with a key of its own (taken: "
+        f"{', '.join(record.tasks)}), a prompt, depends_on (keys of the run or of other new tasks) and "
+        "optionally a verify command (default: the task set's). They run with the task set's agent.\n"
+        "- batches: exactly the tasks still to run plus those you retry and those you add, minus those you "
+        f"skip, each once, a task after the ones it depends on, at most {record.taskset.max_batch_size} "
+        "per batch.\n"
     )
 
 
@@ -244,6 +276,10 @@ def _checked(record: RunRecord, answer: PilotDecision) -> tuple[Decision, str | 
 
     Any other rule broken raises ValueError: the whole answer is then replaced by the replan.
     """
+    new_tasks = _new_tasks(record, answer.new_tasks)
+    if new_tasks:  # the rest of the answer is checked against the run as it will be, new tasks pending
+        record = record.model_copy()
+        record.add_tasks(new_tasks)
     tasks = record.tasks
     mentioned = (
         set(answer.failure_analysis)
@@ -277,7 +313,8 @@ def _checked(record: RunRecord, answer: PilotDecision) -> tuple[Decision, str | 
         if key not in answer.retry_strategies and key not in skip:
             retry[key] = guidance
     decision = settle(
-        record, Decision(source="pilot", retry=retry, skip=skip, learnings=answer.new_learnings)
+        record,
+        Decision(source="pilot", retry=retry, skip=skip, learnings=answer.new_learnings, new_tasks=new_tasks),
     )
     upcoming = {k for b in decision.batches for k in b}
     for routed in answer.routed_context:
@@ -288,6 +325,17 @@ def _checked(record: RunRecord, answer: PilotDecision) -> tuple[Decision, str | 
     if problem is None:
         decision.batches = [list(b) for b in answer.batches if b]
     return decision, problem
+
+
+def _new_tasks(record: RunRecord, new: list[NewTask]) -> list[TaskSpec]:
+    """The answer's new tasks, checked as a task set's are once laid over the run's: a key clashing with
+    a task of the run, an unknown dependency or a cycle raises ValueError."""
+    specs = [TaskSpec(**t.model_dump()) for t in new]
+    try:
+        check_tasks(with_tasks(record.taskset, specs), "new_tasks")
+    except InputError as exc:
+        raise ValueError(f"new_tasks: {exc.problem}") from None
+    return specs
 
 
 def _batches_problem(record: RunRecord, default: list[list[str]], proposed: list[list[str]]) -> str | None:

@@ -29,17 +29,19 @@ from otto_farm.models import (
     RunRecord,
     TaskResult,
     TaskSet,
+    TaskSpec,
     TaskState,
     TaskStatus,
     Usage,
+    with_tasks,
 )
 
 EVENTS_MAXLEN = 10_000
 CANCEL_TTL_S = 7 * 24 * 3600  # long after any job of the run could still be running
 LOG_TTL_S = 14 * 24 * 3600
+LOCK_WAIT_S = 600.0  # a callback waits this long for another's merge before leaving the batch to the sweep
 TASKSET_CACHE = 64  # task sets kept parsed per process: a run's never changes
 # What the run key holds: the record without its task set and results, which have keys of their own.
-LOCK_WAIT_S = 600.0  # a callback waits this long for another's merge before leaving the batch to the sweep
 _HEAD_ONLY: Any = {"taskset": True, "usage": True, "tasks": {"__all__": {"results"}}}
 # add_result in one round trip: the first result of a run is kept, counted and announced; a later one
 # gets the kept one back. KEYS: results, usage, events. ARGV: field, result, ttl, events maxlen, the
@@ -180,7 +182,7 @@ class Store:
             run_id=run_id,
             repo=head["repo"],
             taskset_dir=head["taskset_dir"],
-            taskset=self._taskset(run_id),
+            taskset=self._run_taskset(run_id, head),
             learnings=head["learnings"],
             batch=BatchRecord.model_validate(head["batches"][batch]),
             state=state,
@@ -208,9 +210,13 @@ class Store:
                 state.status, state.reason = current.status, current.error
 
     def _parse(self, run_id: str, raw: str | None, usage: dict[str, str]) -> RunRecord:
-        return RunRecord.model_validate(
-            {**_head(run_id, raw), "taskset": self._taskset(run_id), "usage": usage}
-        )
+        head = _head(run_id, raw)
+        return RunRecord.model_validate({**head, "taskset": self._run_taskset(run_id, head), "usage": usage})
+
+    def _run_taskset(self, run_id: str, head: dict[str, Any]) -> TaskSet:
+        """The task set as the run sees it: the stored one and the tasks the pilot added (in the head)."""
+        added = [TaskSpec.model_validate(t) for t in head.get("added_tasks", ())]
+        return with_tasks(self._taskset(run_id), added)
 
     def _taskset(self, run_id: str) -> TaskSet:
         """The run's task set, parsed once per process: it never changes."""

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from otto_farm.models import BatchRecord, PilotAnswer, TaskResult, TaskState, TaskStatus
+import pytest
+
+from otto_farm.coordinator import _conclude
+from otto_farm.models import BatchRecord, PilotAnswer, TaskResult, TaskSpec, TaskState, TaskStatus
 from otto_farm.pilot import PilotDecision, context, needed, to_decision
 
 from conftest import make_record
@@ -173,6 +176,7 @@ def test_context_is_bounded_keeps_errors_and_key_lists():
     assert "E  the real error" in text
     assert "failed, with runs left (retry, retry_different or skip): b" in text
     assert "still to run (routed_context targets, skip_tasks): c, d" in text
+    assert "new_tasks: at most 3 fix tasks, each with a key of its own (taken: a, b, c, d)" in text
 
 
 def test_decision_schema_is_the_tool_schema():
@@ -183,8 +187,10 @@ def test_decision_schema_is_the_tool_schema():
         "routed_context",
         "skip_tasks",
         "new_learnings",
+        "new_tasks",
         "batches",
     } <= set(schema["properties"])
+    assert schema["properties"]["new_tasks"]["maxItems"] == 3
 
 
 def test_no_pilot_once_the_budget_is_spent():
@@ -192,3 +198,50 @@ def test_no_pilot_once_the_budget_is_spent():
     assert needed(record, 0)
     record.usage.cost_usd = 1.0
     assert not needed(record, 0)
+
+
+FIX = {"key": "fix-b", "prompt": "make b's test pass", "depends_on": ["b"], "verify": "pytest -q tests/b"}
+
+
+def test_a_new_task_is_added_pending_and_planned_after_its_dependency():
+    record = after_batch()
+    decision, entry = to_decision(
+        record, answer(**{**GOOD, "new_tasks": [FIX], "batches": [["b", "d"], ["c", "fix-b"]]})
+    )
+    assert entry.outcome == "applied"
+    assert decision.new_tasks == [TaskSpec(**FIX)] and decision.batches == [["b", "d"], ["c", "fix-b"]]
+    assert "fix-b" not in record.tasks and len(record.taskset.tasks) == 4  # checking changed nothing yet
+    # Without batches of its own, the default ones put it after b, which is retried.
+    decision, entry = to_decision(record, answer(**{**GOOD, "new_tasks": [FIX], "batches": []}))
+    assert entry.outcome == "default_batches" and decision.batches == [["b", "c", "d"], ["fix-b"]]
+    _, entry = to_decision(
+        record, answer(**{**GOOD, "new_tasks": [FIX], "batches": [["fix-b", "b", "c", "d"]]})
+    )
+    assert entry.outcome == "default_batches" and "fix-b comes before its dependency b" in entry.reason
+    _conclude(record, 0, decision)  # as the coordinator applies it
+    assert record.added_tasks == [TaskSpec(**FIX)] and record.tasks["fix-b"].status is TaskStatus.pending
+    assert record.plan == [["fix-b"]]  # b, c and d are running, in the next batch
+    assert record.taskset.verify_for("fix-b") == "pytest -q tests/b"
+    assert record.taskset.agent_for("fix-b") == record.taskset.agent  # the set's agent and sandbox
+
+
+@pytest.mark.parametrize(
+    ("new_tasks", "why"),
+    [
+        ([{**FIX, "key": "a"}], "duplicate key 'a'"),  # a task of the run
+        ([FIX, FIX], "duplicate key 'fix-b'"),
+        ([{**FIX, "key": "Fix B"}], "new_tasks.0.key"),  # unsafe: the schema's pattern refuses it
+        ([{**FIX, "depends_on": ["zz"]}], "unknown task 'zz'"),
+        (
+            [{**FIX, "key": "x", "depends_on": ["y"]}, {**FIX, "key": "y", "depends_on": ["x"]}],
+            "dependency cycle: x -> y -> x",
+        ),
+        ([{**FIX, "key": f"fix{i}"} for i in range(4)], "at most 3 items"),
+        ([{**FIX, "prompt": "x" * 8001}], "at most 8000 characters"),
+    ],
+)
+def test_an_invalid_new_task_falls_back_to_the_replan(new_tasks, why):
+    # Like any other rule the answer breaks: only its batches being wrong keeps the rest of it.
+    decision, entry = to_decision(after_batch(), answer(**{**GOOD, "new_tasks": new_tasks}))
+    assert entry.outcome == "fallback_replan" and why in entry.reason
+    assert decision.source == "replan" and decision.new_tasks == []

@@ -10,9 +10,11 @@ from pathlib import Path
 from jsonschema import Draft202012Validator
 
 from otto_farm.celery_app import app
-from otto_farm.models import RunStatus, TaskStatus
+from otto_farm.models import RunStatus, TaskSpec, TaskStatus
 from otto_farm.pilot import PilotDecision
 from otto_farm.scripted_server import ScriptedReply, schema_problem
+
+from conftest import branch_files
 
 GOOD_ANSWER = {
     "failure_analysis": {"b": {"category": "spec_ambiguity", "explanation": "b needs the marker"}},
@@ -22,6 +24,9 @@ GOOD_ANSWER = {
     "new_learnings": ["LEARNED-ONE"],
     "batches": [["b", "c", "d"]],
 }
+# b retried with the guidance it needs, and a fix task that runs once b is merged.
+FIX = {"key": "fix-b", "prompt": "build fix-b on b", "depends_on": ["b"], "verify": "grep -q good b.txt"}
+FIX_ANSWER = {**GOOD_ANSWER, "new_tasks": [FIX], "batches": [["b", "c", "d"], ["fix-b"]]}
 
 
 def check_tool_schema(tools: list[dict]) -> None:
@@ -37,11 +42,19 @@ def check_tool_schema(tools: list[dict]) -> None:
     Draft202012Validator.check_schema(schema)
     validator = Draft202012Validator(schema)
     validator.validate(GOOD_ANSWER)
+    validator.validate(FIX_ANSWER)
+    validator.validate({**FIX_ANSWER, "new_tasks": [{"key": "k", "prompt": "p"}]})  # the rest is optional
     for bad in (
         {**GOOD_ANSWER, "retry_strategies": {"b": {"action": "maybe", "reason": "r"}}},
         {**GOOD_ANSWER, "failure_analysis": {"b": {"category": "bad luck", "explanation": "e"}}},
         {**GOOD_ANSWER, "batches": "b,c,d"},
         {**GOOD_ANSWER, "comment": "an unknown field"},
+        {**GOOD_ANSWER, "new_tasks": [{**FIX, "key": f"f{i}"} for i in range(4)]},  # at most 3
+        {**GOOD_ANSWER, "new_tasks": [{**FIX, "key": "Fix B"}]},  # an unsafe key
+        {**GOOD_ANSWER, "new_tasks": [{**FIX, "prompt": "x" * 8001}]},
+        {**GOOD_ANSWER, "new_tasks": [{**FIX, "verify": "x" * 2001}]},
+        {**GOOD_ANSWER, "new_tasks": [{"key": "k"}]},  # no prompt
+        {**GOOD_ANSWER, "new_tasks": [{**FIX, "agent": {"command": "rm -rf /"}}]},  # the set's agent only
     ):
         assert not validator.is_valid(bad), bad
 
@@ -202,3 +215,29 @@ def test_submit_no_pilot_decides_by_replan_alone(
     assert record.taskset.pilot.enabled is False
     assert all(b.pilot is None for b in record.batches)
     assert pilot_server.requests == []
+
+
+def test_a_fix_task_added_by_the_pilot_runs_is_merged_and_shown(
+    make_repo, write_taskset, run_taskset, pilot_server, tmp_path, settings
+):
+    logs = tmp_path / "prompts"
+    logs.mkdir()
+    pilot_server.script(ScriptedReply(tool_input=FIX_ANSWER))
+    repo = make_repo()
+    record = run_taskset(write_taskset(mixed_set(repo, logs)))
+    assert record.status is RunStatus.passed and record.batches[0].pilot.outcome == "applied"
+    check_tool_schema(pilot_server.requests[0].body["tools"])
+    assert "new_tasks: at most 3 fix tasks" in pilot_server.requests[0].body["messages"][0]["content"]
+    assert record.added_tasks == [TaskSpec(**FIX)]
+    assert [b.tasks for b in record.batches] == [["a", "b"], ["b", "c", "d"], ["fix-b"]]
+    fix = record.tasks["fix-b"]
+    assert fix.status is TaskStatus.passed and fix.merged_sha == record.integration_sha
+    assert "build fix-b on b" in (logs / "fix-b.log").read_text()  # the set's agent read its prompt
+    assert "LEARNED-ONE" in (logs / "fix-b.log").read_text()
+    assert "fix-b.txt" in branch_files(repo, record.integration_branch)
+    env = {**os.environ, **settings.env(), "COLUMNS": "200"}
+    status = [sys.executable, "-m", "otto_farm", "status", record.run_id]
+    table = subprocess.run(status, env=env, capture_output=True, text=True, timeout=60).stdout
+    assert "fix-b (pilot)" in table and "a (pilot)" not in table
+    shown = subprocess.run([*status, "--pilot"], env=env, capture_output=True, text=True, timeout=60).stdout
+    assert "new task fix-b (after b): build fix-b on b" in shown

@@ -9,7 +9,7 @@ import pytest
 
 from otto_farm import keys
 from otto_farm.errors import InputError
-from otto_farm.models import BatchRecord, RunRecord, TaskResult, TaskStatus, Usage
+from otto_farm.models import BatchRecord, RunRecord, TaskResult, TaskSpec, TaskStatus, Usage
 from otto_farm.store import LOG_TTL_S, Store, new_run_id
 
 from conftest import make_record
@@ -71,6 +71,22 @@ def test_a_job_reads_its_task_batch_and_earlier_runs(store):
     assert not view.cancelled
     store.request_cancel(record.run_id)
     assert store.job_view(record.run_id, "t1", 2, 0).cancelled
+
+
+def test_tasks_the_pilot_adds_are_seen_by_every_reader(store):
+    record = stored_record(store)
+    record.batches = [BatchRecord(index=0, tasks=["t0"], base_ref="main", base_sha="a" * 40)]
+    store.update(record.run_id, lambda r: r.batches.extend(record.batches))
+    fix = TaskSpec(key="fix", prompt="mend t0", depends_on=["t0"], verify="make check")
+    store.update(record.run_id, lambda r: r.add_tasks([fix]))
+    for reader in (store, Store(store.redis)):  # this process's cached task set, and a fresh one's
+        after = reader.get(record.run_id)
+        assert after.added_tasks == [fix] and after.tasks["fix"].status is TaskStatus.pending
+        assert [t.key for t in after.taskset.tasks] == ["t0", "t1", "t2", "fix"]
+        view = reader.job_view(record.run_id, "fix", 1, 0)
+        assert view.taskset.verify_for("fix") == "make check" and view.state.key == "fix"
+    assert len(store._taskset(record.run_id).tasks) == 3  # the stored set, written once, stays as it was
+    assert "fix" not in (store.redis.get(keys.taskset_key(record.run_id)) or "")
 
 
 def test_concurrent_writers_lose_nothing(store):

@@ -76,11 +76,12 @@ def short(sha: str | None) -> str:
 
 def task_table(record: RunRecord) -> Table:
     rows = []
+    added = {t.key for t in record.added_tasks}
     for key, state in record.tasks.items():
         last = state.last
         rows.append(
             (
-                key,
+                f"{key} (pilot)" if key in added else key,
                 "-" if state.batch is None else str(state.batch + 1),
                 state.status.value,
                 str(len(last.attempts)) if last else "-",

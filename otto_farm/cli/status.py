@@ -74,4 +74,8 @@ def print_pilot(record: RunRecord) -> None:
             console.print(f"  context for {key}: {' | '.join(contexts)}", markup=False)
         for text in d.learnings:
             console.print(f"  learning: {text}", markup=False)
+        for task in d.new_tasks:
+            after = ", ".join(task.depends_on) or "nothing"
+            line = f"  new task {task.key} (after {after}): {task.prompt.splitlines()[0]}"
+            console.print(line, markup=False)
         console.print(f"  batches: {' / '.join(', '.join(b) for b in d.batches) or 'none'}", markup=False)
