@@ -1,6 +1,6 @@
 """otto-farm benchmarks (issue 7): the farm against plain Celery on the same embedded Redis, in one run.
 
-    python bench/run.py --quick            # a sanity pass of every benchmark, about a minute
+    python bench/run.py --quick            # a sanity pass of every benchmark, about two minutes
     python bench/run.py --out results.md   # the full run
     python bench/run.py --only overhead,git
 
@@ -37,7 +37,7 @@ sys.path.insert(0, str(BENCH_DIR))
 import baseline  # noqa: E402  (bench/baseline.py)
 import celery  # noqa: E402
 
-from otto_farm import celery_app, coordinator, gitops, taskset  # noqa: E402
+from otto_farm import celery_app, chords, coordinator, gate, gitops, taskset  # noqa: E402
 from otto_farm.celery_app import QUEUES, worker_argv  # noqa: E402
 from otto_farm.embedded import Embedded  # noqa: E402
 from otto_farm.models import RunRecord  # noqa: E402
@@ -46,6 +46,7 @@ from otto_farm.settings import Settings  # noqa: E402
 from otto_farm.store import Store  # noqa: E402
 
 RUN_TIMEOUT_S = 900.0
+SLOW_CHECK_S = 0.5  # benchmark 6's second gate command sleeps this long: a check that waits, not computes
 GIT_ENV = {**os.environ, **gitops.IDENTITY, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
 
 
@@ -307,17 +308,23 @@ def wait_events(store: Store, run_id: str, timeout_s: float = RUN_TIMEOUT_S) -> 
             raise RuntimeError(f"run {run_id} did not finish in {timeout_s:.0f} s")
 
 
+GATE_ENDS = ("gate_passed", "gate_failed", "gate_flaky")  # a gate round's callback emits one per check
+
+
 def boundaries(events: list[dict[str, str]]) -> list[dict[str, float]]:
-    """Per batch boundary k→k+1: last task_finished of k, batch_merged of k, batch_started and first
-    task_started of k+1; in ms, from the events' `ts` (seconds with ms resolution: whole ms, so float
-    error cannot put a 25 ms boundary past 25)."""
+    """Per batch boundary k→k+1: last task_finished of k, batch_merged of k, its gate's last check event,
+    batch_started and first task_started of k+1; in ms, from the events' `ts` (seconds with ms resolution:
+    whole ms, so float error cannot put a 25 ms boundary past 25)."""
     last_fin: dict[int, float] = {}
     first_start: dict[int, float] = {}
     merged: dict[int, float] = {}
+    gated: dict[int, float] = {}
     started: dict[int, float] = {}
     for e in events:
         ts, kind = float(round(float(e["ts"]) * 1000)), e["kind"]
-        if kind == "task_finished":
+        if kind in GATE_ENDS:
+            gated[int(e["batch"])] = ts
+        elif kind == "task_finished":
             b = int(e["batch"])
             last_fin[b] = max(last_fin.get(b, 0.0), ts)
         elif kind == "task_started":
@@ -334,10 +341,26 @@ def boundaries(events: list[dict[str, str]]) -> list[dict[str, float]]:
                 {
                     "total": first_start[b + 1] - last_fin[b],
                     "to_merged": merged.get(b, float("nan")) - last_fin[b],
+                    "to_dispatch": started.get(b + 1, float("nan")) - last_fin[b],
+                    "gate": gated.get(b, float("nan")) - merged.get(b, float("nan")),
                     "merged_to_dispatch": started.get(b + 1, float("nan")) - merged.get(b, float("nan")),
                     "dispatch_to_start": first_start[b + 1] - started.get(b + 1, float("nan")),
                 }
             )
+    return out
+
+
+def gate_rounds(events: list[dict[str, str]]) -> dict[int, list[float]]:
+    """Per batch (-1: the base), each gate round's wall time in s: `gate_started` → the last event of
+    its checks (emitted by the round's callback, after it moved the branch or merged again)."""
+    out: dict[int, list[float]] = {}
+    start: dict[int, float] = {}
+    for e in events:
+        if e["kind"] == "gate_started":
+            start[int(e["batch"])] = float(e["ts"])
+            out.setdefault(int(e["batch"]), []).append(float("nan"))
+        elif e["kind"] in GATE_ENDS:
+            out[int(e["batch"])][-1] = float(e["ts"]) - start[int(e["batch"])]
     return out
 
 
@@ -404,7 +427,7 @@ def bench_overhead(b: Bench, repeats: int, layers: int) -> tuple[str, dict[str, 
         baseline_chain(b.store, "warm", 2, width)
         b.farm_run(overhead_set(repo, 2, width), "warm")
         rows: dict[str, list[float]] = {
-            k: [] for k in ("base", "farm", "job", "job_git", "merge", "rest", "bound_all")
+            k: [] for k in ("base", "farm", "job", "job_git", "merge", "gate", "rest")
         }
         cpu: dict[str, list[CpuUse]] = {"base": [], "farm": []}
         bounds: list[dict[str, float]] = []
@@ -423,13 +446,15 @@ def bench_overhead(b: Bench, repeats: int, layers: int) -> tuple[str, dict[str, 
             bs = boundaries(events)
             bounds += bs
             merge_s = sum(x["to_merged"] for x in bs) / 1000 + _last_merge(events)
+            gate_s = sum(sum(v) for v in gate_rounds(events).values())
             makespan = t1 - t0
             rows["base"].append(base_s / n * 1000)
             rows["farm"].append(makespan / n * 1000)
             rows["job"].append(job_s / conc / n * 1000)
             rows["job_git"].append((job_s - attempts_s) / conc / n * 1000)
             rows["merge"].append(merge_s / n * 1000)
-            rows["rest"].append((makespan - job_s / conc - merge_s) / n * 1000)
+            rows["gate"].append(gate_s / n * 1000)
+            rows["rest"].append((makespan - job_s / conc - merge_s - gate_s) / n * 1000)
             log(f"   repeat {r}: baseline {base_s:.2f} s, farm {makespan:.2f} s")
     finally:
         b.stop(base_w)
@@ -460,7 +485,13 @@ def bench_overhead(b: Bench, repeats: int, layers: int) -> tuple[str, dict[str, 
                     "",
                 ],
                 [
-                    "  the rest: queueing, dispatch, store updates, events (makespan − jobs − merges) / N",
+                    "  in the gate: its rounds, gate_started → gate_passed, / N (no-op tasks merge nothing: "
+                    "only the base's check)",
+                    fmt(rows["gate"], 2),
+                    "",
+                ],
+                [
+                    "  the rest: queueing, dispatch, store updates, events (makespan − jobs − merges − gate) / N",
                     fmt(rows["rest"], 2),
                     f"{qratio:.1f}",
                 ],
@@ -588,7 +619,7 @@ def bench_boundary(
                 "p95 ms",
                 "min–max ms",
                 "median: → batch_merged",
-                "batch_merged → batch_started (decide, pilot)",
+                "batch_merged → batch_started (gate, decide, pilot)",
                 "batch_started → task_started (queue)",
             ],
             [
@@ -632,13 +663,14 @@ def bench_scaling(b: Bench, repeats: int, n: int, levels: list[int]) -> tuple[st
         w = b.farm_worker(k)
         try:
             b.farm_run(overhead_set(repo, 1, k), f"warm-scale{k}")  # each slot's worktree exists
-            spans, uses = [], []
+            spans, uses, base_gate = [], [], []
             for r in range(repeats):
                 with cpu_used(w.proc.pid, b.redis_pid) as use:
-                    record, _, t0, t1 = b.farm_run(data, f"scale{k}-{r}")
+                    record, events, t0, t1 = b.farm_run(data, f"scale{k}-{r}")
                 if record.status.value != "passed":
                     raise RuntimeError(f"scaling run ended {record.status}: {record.error}")
                 spans.append(t1 - t0)
+                base_gate.append(sum(gate_rounds(events).get(-1, [])))
                 uses.append(use)
         finally:
             b.stop(w)
@@ -652,6 +684,7 @@ def bench_scaling(b: Bench, repeats: int, n: int, levels: list[int]) -> tuple[st
                 f"{ideal:.2f}",
                 fmt(eff, 0),
                 fmt([s - ideal for s in spans], 2),
+                fmt(base_gate, 2),
                 *cpu_row(uses, n),
             ]
         )
@@ -667,6 +700,7 @@ def bench_scaling(b: Bench, repeats: int, n: int, levels: list[int]) -> tuple[st
                 f"ideal {n}/k s",
                 "efficiency %",
                 "makespan − ideal s",
+                "of which the base's gate check s",
                 "CPU per job ms: Python",
                 "commands",
                 "Redis",
@@ -908,6 +942,188 @@ def bench_memory(b: Bench, n: int) -> tuple[str, dict[str, Any]]:
     return "\n".join(md), {"samples": samples}
 
 
+# ----------------------------------------------------------------------------------------------- 6. gate
+
+
+def writing_set(repo: Path, layers: int, width: int, gate_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Benchmark 1's layers, but each task's agent writes a file of its own, so every batch merges
+    something and its candidate goes through the gate (a no-op batch merges nothing: no gate)."""
+    data = overhead_set(repo, layers, width)
+    data.update(name="bench-gate", gate=gate_cfg, agent={"command": 'echo 1 > "$OTTO_FARM_TASK_KEY.txt"'})
+    return data
+
+
+def culprit_set(repo: Path, n: int, check: str) -> dict[str, Any]:
+    """One batch of n independent tasks, each writing c<i>.txt and passing its own verify; the gate
+    command `check` fails once the last one's file is merged, and runs once per check (`retries: 0`)."""
+    return {
+        **writing_set(repo, 1, n, {"verify": check, "retries": 0}),
+        "name": "bench-culprit",
+        "tasks": [{"key": f"c{i}", "prompt": f"write c{i}.txt"} for i in range(1, n + 1)],
+    }
+
+
+def bisect(b: Bench, record: RunRecord, first_round: int) -> tuple[list[tuple[str, float, float]], int]:
+    """A sequential bisection of batch 0's red candidate on the prefix commits its parallel search checked:
+    one gate round of one check at a time, sent as the farm sends a round (`chords.send_gate`) and timed
+    from the send to its callback's end (`date_done`). ([(label, wall s, the check's duration_s)], the
+    culprit's position)."""
+    state = record.batches[0].gate
+    assert state is not None
+    shas = {c.label: c.sha for c in state.checks if c.round == 1}
+    lo, hi = 0, len(shas) + 1  # the base is green, the whole chain red
+    steps: list[tuple[str, float, float]] = []
+    while hi - lo > 1:
+        mid, rnd = (lo + hi) // 2, first_round + len(steps)
+        label = gate.prefix_label(mid)
+        done = celery_app.app.AsyncResult(f"{record.run_id}.b0.g{rnd}.done")
+        t0 = time.time()
+        chords.send_gate(record, 0, rnd, {label: shas[label]})
+        drop_pending(celery_app.app)
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not done.ready():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gate round {rnd} of {record.run_id} did not finish")
+            time.sleep(0.005)
+        check = b.store.gate_checks(record.run_id, 0, rnd, [label])[label]
+        steps.append((label, done.date_done.timestamp() - t0, check.duration_s))
+        lo, hi = (mid, hi) if check.passed else (lo, mid)
+    return steps, hi
+
+
+def bench_gate(b: Bench, repeats: int, layers: int) -> tuple[str, dict[str, Any]]:
+    width, n = 2, 8
+    log(
+        f"6. gate: boundary on/off ({layers} batches x {width} tasks writing a file, -c 2); culprit search "
+        f"({n} tasks, -c {n}) against a sequential bisection; {repeats} repeats"
+    )
+    repo = b.tiny_repo("repo-gate")
+    modes: dict[str, dict[str, Any]] = {"on": {"verify": "true"}, "off": {"enabled": False}}
+    series: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
+    w = b.farm_worker(2)
+    try:
+        for mode, gate_cfg in modes.items():
+            b.farm_run(writing_set(repo, 2, width, gate_cfg), f"warm-gate-{mode}")
+        for r in range(repeats):  # alternating, and which goes first too
+            for mode in ("on", "off") if r % 2 == 0 else ("off", "on"):
+                data = writing_set(repo, layers, width, modes[mode])
+                record, events, _, _ = b.farm_run(data, f"gate-{mode}{r}")
+                if record.status.value != "passed":
+                    raise RuntimeError(f"gate run {record.run_id} ended {record.status}: {record.error}")
+                series[mode] += boundaries(events)
+    finally:
+        b.stop(w)
+    w = b.farm_worker(n)  # the prefix round's n - 1 checks can all run at once
+    checks = [f"! test -f c{n}.txt", f"sleep {SLOW_CHECK_S}; ! test -f c{n}.txt"]
+    measures = ("whole", "r0", "r1", "seq", "seq_whole", "d1", "dseq")
+    rows: dict[str, dict[str, list[float]]] = {c: {k: [] for k in measures} for c in checks}
+    path: list[str] = []
+    try:
+        last, _, _, _ = b.farm_run(culprit_set(repo, n, checks[0]), "warm-culprit")
+        for cmd, r in [(c, r) for c in checks for r in range(repeats)]:
+            got = rows[cmd]
+            for side in ("parallel", "bisect") if r % 2 == 0 else ("bisect", "parallel"):
+                if side == "parallel":
+                    last, events, _, _ = b.farm_run(
+                        culprit_set(repo, n, cmd), f"culprit{checks.index(cmd)}-{r}"
+                    )
+                    state, rounds = last.batches[0].gate, gate_rounds(events)[0]
+                    if state is None or list(state.culprits) != [f"c{n}"] or len(rounds) != 2:
+                        raise RuntimeError(f"culprit run {last.run_id}: {last.status} {last.error}, {state}")
+                    got["whole"].append(sum(rounds) * 1000)
+                    got["r0"].append(rounds[0] * 1000)
+                    got["r1"].append(rounds[1] * 1000)
+                    got["d1"] += [c.duration_s * 1000 for c in state.checks if c.round == 1]
+                    continue
+                steps, found = bisect(b, last, 100 + 10 * r)  # on the latest run's commits
+                if found != n:
+                    raise RuntimeError(f"the bisection found c{found}, not c{n}")
+                path = [x[0] for x in steps]
+                got["seq"].append(sum(x[1] for x in steps) * 1000)
+                got["dseq"] += [x[2] * 1000 for x in steps]
+            got["seq_whole"].append(got["r0"][-1] + got["seq"][-1])
+    finally:
+        b.stop(w)
+
+    def brow(mode: str) -> list[Any]:
+        bs = series[mode]
+        disp = [x["to_dispatch"] for x in bs]
+        return [
+            mode,
+            len(bs),
+            f"{pct(disp, 50):.1f}",
+            f"{pct(disp, 95):.1f}",
+            f"{min(disp):.1f}–{max(disp):.1f}",
+            f"{med([x['to_merged'] for x in bs]):.1f}",
+            f"{med([x['merged_to_dispatch'] for x in bs]):.1f}",
+            f"{med([x['gate'] for x in bs]):.1f}" if mode == "on" else "—",
+        ]
+
+    p50 = {m: pct([x["to_dispatch"] for x in series[m]], 50) for m in modes}
+    search = {c: (med(rows[c]["r1"]), med(rows[c]["seq"])) for c in checks}
+    whole = {c: (med(rows[c]["whole"]), med(rows[c]["seq_whole"])) for c in checks}
+    md = [
+        f"### 6. The integration gate ({repeats} repeats)",
+        "",
+        f"Batch boundary (last `task_finished` of batch k → `batch_started` of k+1), gate on (gate command "
+        f"`true`) against off: {layers} batches of {width} tasks, each writing a file of its own, so that every "
+        "batch merges and is gated; one worker `-c 2`; on and off alternate, and which goes first (ms):",
+        "",
+        table(
+            [
+                "gate",
+                "boundaries",
+                "p50",
+                "p95",
+                "min–max",
+                "median: → batch_merged (merge)",
+                "batch_merged → batch_started",
+                "of which the gate (→ gate_passed)",
+            ],
+            [brow("on"), brow("off")],
+        ),
+        "",
+        f"p50 with the gate on − off: {p50['on'] - p50['off']:+.1f} ms ({p50['on'] / p50['off']:.2f}×).",
+        "",
+        f"Culprit search: one batch of {n} tasks, each writing its file and passing its own verify; the gate "
+        f"command (`retries: 0`) is red once the last one, c{n}, is merged (so nothing is merged again after "
+        f"it: the merges are the same for both ways). One worker `-c {n}`, {os.cpu_count()} CPUs. The farm "
+        f"checks the full candidate (round 0, red), then its {n - 1} prefixes at once (round 1, whose callback "
+        f"also moves the integration branch to p{n - 1}). Against it, a sequential bisection of the same "
+        f"prefix commits ({', '.join(path)}: {len(path)} rounds of one check, one after another, each sent as "
+        "the farm sends a round and timed from the send to the end of its callback, which finds the run over "
+        "and moves nothing), alternating with the farm's run in each repeat. The second gate command sleeps "
+        f"{SLOW_CHECK_S} s first: a check whose time is waiting, not this machine's CPU (ms):",
+        "",
+        table(
+            ["measure", *(f"`{c}`" for c in checks)],
+            [
+                [label, *(fmt(rows[c][k]) for c in checks)]
+                for label, k in (
+                    ("farm: the batch's whole gate (round 0 + round 1)", "whole"),
+                    ("  round 0: the full candidate, red (gate_started → gate_failed)", "r0"),
+                    (f"  round 1: the {n - 1} prefixes at once (gate_started → the last gate_passed)", "r1"),
+                    (f"sequential bisection: {len(path)} one-check rounds", "seq"),
+                    ("the whole gate with the bisection instead (round 0 + the bisection)", "seq_whole"),
+                    (f"a check's own time (duration_s), {n - 1} at once in round 1", "d1"),
+                    ("a check's own time (duration_s), alone in the bisection", "dseq"),
+                )
+            ]
+            + [
+                [
+                    "the search: prefixes at once / bisection",
+                    *(f"{search[c][0] / search[c][1]:.2f}×" for c in checks),
+                ],
+                [
+                    "the whole gate: farm / with the bisection",
+                    *(f"{whole[c][0] / whole[c][1]:.2f}×" for c in checks),
+                ],
+            ],
+        ),
+    ]
+    return "\n".join(md), {"p50": p50, "search": search}
+
+
 # ----------------------------------------------------------------------------------------------- driver
 
 
@@ -965,20 +1181,20 @@ def bench_env(quick: bool) -> Iterator[Bench]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a sanity pass of every benchmark (~1 min)")
+    ap.add_argument("--quick", action="store_true", help="a sanity pass of every benchmark (~2 min)")
     ap.add_argument(
         "--repeats",
         type=int,
         help="repeats per measurement (default 2 with --quick, else 5; --quick measures scaling once)",
     )
-    ap.add_argument("--only", help="comma list of: overhead,boundary,scaling,git,memory")
+    ap.add_argument("--only", help="comma list of: overhead,boundary,scaling,git,memory,gate")
     ap.add_argument("--out", type=Path, help="also write the Markdown here")
     args = ap.parse_args(argv)
     # `timeout` and friends send SIGTERM: turn it into SystemExit so the cleanup in bench_env runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     quick = args.quick
     repeats = args.repeats or (2 if quick else 5)
-    only = set((args.only or "overhead,boundary,scaling,git,memory").split(","))
+    only = set((args.only or "overhead,boundary,scaling,git,memory,gate").split(","))
     cmd = "python bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
     sections: list[str] = []
     summary: list[list[Any]] = []
@@ -1072,6 +1288,26 @@ def main(argv: list[str] | None = None) -> int:
                     "",
                 ]
             )
+        ga = step("gate", lambda: bench_gate(b, repeats, 10 if quick else 20))
+        if ga:
+            on, off = ga["p50"]["on"], ga["p50"]["off"]
+            summary.append(
+                [
+                    "6. boundary p50 (→ batch_started), gate on / off",
+                    "—",
+                    f"{on:.1f} / {off:.1f} ms ({on - off:+.1f} ms)",
+                    "",
+                ]
+            )
+            for cmd, (par, seq) in ga["search"].items():
+                summary.append(
+                    [
+                        f"6. culprit search, 8 tasks, gate `{cmd}`: prefixes at once / bisection",
+                        "—",
+                        f"{par:.0f} / {seq:.0f} ms ({par / seq:.2f}×)",
+                        "",
+                    ]
+                )
     head = [
         "## Summary",
         "",
