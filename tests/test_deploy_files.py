@@ -1,7 +1,6 @@
-"""Deploy files: honcho runs the Procfile for real; docker-compose.yml and the Dockerfile are parsed.
-
-Docker cannot run where these tests run, so the compose file is parsed and every command it runs is
-parsed by the real `otto-farm` / `celery` command line (without running it).
+"""Deploy files: honcho runs the Procfile for real; docker-compose.yml and the Dockerfile are parsed,
+and every command the compose file runs is parsed by the real `otto-farm` / `celery` command line
+(tests/test_compose.py runs the compose file itself, where Docker is).
 """
 
 from __future__ import annotations
