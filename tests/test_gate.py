@@ -13,6 +13,7 @@ from pathlib import Path
 from otto_farm import coordinator, gate, taskset
 from otto_farm.gitops import git
 from otto_farm.models import ChainLink, GateCheck, RunRecord, RunStatus, TaskStatus
+from otto_farm.scripted_server import ScriptedReply
 from otto_farm.store import Store
 
 from conftest import SCENARIOS, fresh_repo, wait_for_run
@@ -129,3 +130,39 @@ def test_the_culprit_is_the_first_red_prefixs_last_task() -> None:
     assert gate.culprit(chain, prefixes(True, False, False)) == 1  # a passes, a+b fails: b
     assert gate.culprit(chain, prefixes(False, False, False)) == 0
     assert gate.culprit(chain, prefixes(True, True, True)) == 3  # only the whole candidate is red: d
+
+
+def test_a_pilot_answers_a_gate_failure_with_a_fix_task_that_runs_and_merges(
+    store, worker, pilot_server, tmp_path
+):
+    """The pilot reads the culprit's gate output and adds a fix task (skipping the culprit): the fix
+    task runs, passes its verify and the gate, and is merged."""
+    pilot_server.script(
+        ScriptedReply(
+            tool_input={
+                "retry_strategies": {"shout": {"action": "skip", "reason": "fix-shout replaces it"}},
+                "new_tasks": [
+                    {
+                        "key": "fix-shout",
+                        "prompt": "Build textkit/shout.py on welcome, the new name of greet.",
+                        "depends_on": ["rename"],
+                        "verify": "python -m unittest tests.test_shout",
+                    }
+                ],
+                "batches": [["fix-shout"]],
+            }
+        )
+    )
+    repo = fresh_repo("semantic-conflict", tmp_path / "repo")
+    loaded = taskset.load(SCENARIOS / "semantic-conflict" / "tasks.yaml", repo=str(repo))
+    ts = loaded.taskset
+    with_pilot = ts.model_copy(update={"pilot": ts.pilot.model_copy(update={"enabled": True})})
+    record = wait_for_run(
+        store, coordinator.start(store, dataclasses.replace(loaded, taskset=with_pilot)).run_id
+    )
+    assert "test_shout" in pilot_server.requests[0].body["messages"][0]["content"]  # the gate's words
+    fix = record.tasks["fix-shout"]
+    assert record.batches[0].pilot.outcome == "applied"
+    assert fix.status is TaskStatus.passed and fix.merged_sha == record.integration_sha
+    assert record.tasks["shout"].status is TaskStatus.skipped
+    assert suite_passes(repo, record.integration_sha, tmp_path)
