@@ -3,7 +3,7 @@ moves to it, so the branch only ever points at a commit that passed (bors's rule
 culprit is found by checking the prefixes of its merge chain at once, on as many workers as there are.
 
 `check` is the gate job's body (one commit, in a worktree slot and the task sandbox, like a task's
-verify); `culprit` reads a prefix search. The coordinator moves the batch through it (coordinator.py).
+verify); `culprit` reads a prefix search. gating.py moves a batch through the gate.
 """
 
 from __future__ import annotations
