@@ -91,7 +91,7 @@ def send_pilot(record: RunRecord, index: int) -> None:
             "otto_farm.apply_pilot",
             args=(run_id, index),
             queue=CONTROL_QUEUE,
-            task_id=f"{run_id}.b{index}.apply",
+            task_id=pilot.apply_id(run_id, index),
         ),
     ).apply_async()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from otto_farm import gitops, sandbox, shell, taskrun, verify
 from otto_farm.errors import OttoFarmError
 from otto_farm.lease import DEFAULT_TTL_S, Lease, run_once
-from otto_farm.models import ChainLink, GateCheck, RunRecord
+from otto_farm.models import BatchStatus, ChainLink, GateCheck, RunRecord
 from otto_farm.sandbox import Command
 from otto_farm.store import Store
 
@@ -35,6 +35,18 @@ def candidate_branch(run_id: str) -> str:
 def prefix_label(n: int) -> str:
     """The label of the check of a chain's first `n` merges."""
     return f"p{n}"
+
+
+def waiting_round(record: RunRecord) -> tuple[int, int, dict[str, str]] | None:
+    """The gate round the run waits on, as (batch, round, label → sha) with batch -1 for the base's
+    check, or None: what the sweep finishes or sends again, and what `resume` sends."""
+    if not record.batches:
+        waits = record.taskset.gate.enabled and record.base_gate is None
+        return (-1, 0, {BASE: record.base_sha}) if waits else None
+    batch = record.batches[-1]
+    if batch.status is BatchStatus.gating and batch.gate is not None:
+        return batch.index, batch.gate.round, batch.gate.pending
+    return None
 
 
 def culprit(chain: Sequence[ChainLink], prefixes: dict[str, GateCheck]) -> int:

@@ -116,6 +116,7 @@ class Lock:
     def __init__(self, client: redis.Redis, key: str, ttl_s: float = LOCK_TTL_S) -> None:
         self.redis, self.key, self.ttl_s = client, key, ttl_s
         self._token = secrets.token_hex(8)
+        self._unlock = client.register_script(_UNLOCK)
         self._beat: _Heartbeat | None = None
 
     def acquire(self, wait_s: float) -> bool:
@@ -131,7 +132,7 @@ class Lock:
     def release(self) -> None:
         if self._beat is not None:
             self._beat.stop()
-        self.redis.register_script(_UNLOCK)(keys=[self.key], args=[self._token])
+        self._unlock(keys=[self.key], args=[self._token])
 
 
 def alive(client: redis.Redis, job_id: str) -> bool:

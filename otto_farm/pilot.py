@@ -137,6 +137,11 @@ def job_id(run_id: str, index: int) -> str:
     return f"{run_id}.b{index}.pilot"
 
 
+def apply_id(run_id: str, index: int) -> str:
+    """The Celery task id of the step that applies the pilot's answer after batch `index`."""
+    return f"{run_id}.b{index}.apply"
+
+
 def needed(record: RunRecord, index: int) -> bool:
     """A pilot call only after a batch with a failure, while work remains, when the pilot is enabled.
 

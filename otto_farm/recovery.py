@@ -36,14 +36,8 @@ def reconcile(store: Store, work_dir: Path, run_id: str) -> str | None:
 
 def _reconcile(store: Store, work_dir: Path, record: RunRecord) -> str | None:
     run_id = record.run_id
-    if not record.batches and record.taskset.gate.enabled and record.base_gate is None:
-        return _reconcile_gate(store, work_dir, record, -1, 0, {gate.BASE: record.base_sha})
-    if (
-        record.batches
-        and (state := record.batches[-1].gate)
-        and record.batches[-1].status is BatchStatus.gating
-    ):
-        return _reconcile_gate(store, work_dir, record, len(record.batches) - 1, state.round, state.pending)
+    if (gating := gate.waiting_round(record)) is not None:
+        return _reconcile_gate(store, work_dir, record, *gating)
     if not record.batches or record.batches[-1].status is BatchStatus.done:
         if dispatch_next(store, run_id, after=len(record.batches) - 1) is None:
             return None
@@ -168,15 +162,13 @@ def resume(
             lambda: chords.send_gate(record, index, round_no, pending),
         )
 
-    if batch is None and record.taskset.gate.enabled and record.base_gate is None:
-        return gate_round(-1, 0, {gate.BASE: record.base_sha})
-    if batch is not None and batch.gate is not None and batch.status is BatchStatus.gating:
-        return gate_round(batch.index, batch.gate.round, batch.gate.pending)
+    if (gating := gate.waiting_round(record)) is not None:
+        return gate_round(*gating)
     if batch is None or batch.status is BatchStatus.done:
         dispatch_next(store, run_id, after=len(record.batches) - 1)
         return f"dispatched batch {len(record.batches) + 1}"
     if deciding:
-        if {pilot.job_id(run_id, batch.index), f"{run_id}.b{batch.index}.apply"} & out:
+        if {pilot.job_id(run_id, batch.index), pilot.apply_id(run_id, batch.index)} & out:
             return f"the pilot is deciding after batch {batch.index + 1}; nothing sent"
         chords.send_pilot(record, batch.index)
         return f"asked the pilot again after batch {batch.index + 1}"

@@ -4,6 +4,7 @@ where it works, else none with a warning; never docker)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -49,13 +50,9 @@ def describe() -> str:
     return f"sandbox: none ({why}): task commands run UNSANDBOXED as this worker's user"
 
 
-_warned: list[bool] = []
-
-
+@functools.cache  # once per process
 def _warn_unsandboxed() -> None:
-    if not _warned:
-        _warned.append(True)
-        logger.warning("%s", describe())
+    logger.warning("%s", describe())
 
 
 __all__ = [
