@@ -16,7 +16,7 @@ from otto_farm.models import ChainLink, GateCheck, RunRecord, RunStatus, TaskSta
 from otto_farm.scripted_server import ScriptedReply
 from otto_farm.store import Store
 
-from conftest import SCENARIOS, fresh_repo, wait_for_run
+from conftest import SCENARIOS, fresh_repo, wait_for, wait_for_run
 
 SUITE = "python -m unittest discover -s tests -t ."
 
@@ -41,6 +41,8 @@ def test_a_red_base_ends_the_run_before_any_agent_runs(make_repo, write_taskset,
     record = wait_for_run(store, coordinator.start(store, taskset.load(write_taskset(data))).run_id)
     assert record.status is RunStatus.base_red and record.batches == []
     assert record.error == f"base main fails the gate `{verify}`: done.txt: missing"
+    # The events follow the record's update: wait for the last one before reading them.
+    wait_for(lambda: "run_finished" in [e["kind"] for _, e in store.events(record.run_id)])
     kinds = [e["kind"] for _, e in store.events(record.run_id)]
     assert "task_started" not in kinds and kinds[-2:] == ["gate_failed", "run_finished"]
     proc = subprocess.run(
@@ -115,7 +117,7 @@ def test_a_flaky_gate_is_reported_as_flaky_not_as_a_culprit(
     assert record.status is RunStatus.passed
     [check] = record.batches[0].gate.checks
     assert check.passed and check.flaky and record.batches[0].gate.culprits == {}
-    assert "gate_flaky" in [e["kind"] for _, e in store.events(record.run_id)]
+    wait_for(lambda: "gate_flaky" in [e["kind"] for _, e in store.events(record.run_id)])  # after the update
 
 
 def test_the_culprit_is_the_first_red_prefixs_last_task() -> None:
