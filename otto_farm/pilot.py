@@ -32,6 +32,10 @@ from otto_farm.taskset import check_tasks
 TOOL_NAME = "decide_next_batches"
 MAX_TOKENS = 4096
 MAX_NEW_TASKS = 3  # per decision: fixes for what a batch revealed, not a second plan
+# An answer is at most MAX_TOKENS of output (~16 KB); anything far larger is not a model's answer, and is
+# cut before it reaches a process boundary or the run record.
+MAX_ANSWER_CHARS = 64 * 1024
+MAX_KEYS = 10_000  # task keys one list of the answer may name: a run's size, not a model's
 SYSTEM = (
     "You are the pilot of a farm of coding agents working on one git repository. A batch of tasks has "
     "just ended with failures. Read what happened, explain each failure, choose per failed task whether "
@@ -42,19 +46,26 @@ SYSTEM = (
 )
 
 
+# Every string and list of an answer is bounded in the tool's schema and in its validation.
+Key = Annotated[str, StringConstraints(max_length=64)]  # checked against the run's keys in _checked
+Line = Annotated[str, StringConstraints(max_length=1000)]  # a reason, a learning
+Explanation = Annotated[str, StringConstraints(max_length=2000)]
+Guidance = Annotated[str, StringConstraints(max_length=4000)]  # for an agent: guidance, routed context
+
+
 class FailureAnalysis(BaseModel):
     model_config = ConfigDict(extra="forbid")
     category: Literal[
         "environment", "code_bug", "spec_ambiguity", "infrastructure", "dependency", "merge_conflict"
     ]
-    explanation: str
+    explanation: Explanation
 
 
 class RetryStrategy(BaseModel):
     model_config = ConfigDict(extra="forbid")
     action: Literal["retry", "retry_different", "skip"]
-    guidance: str | None = None
-    reason: str
+    guidance: Guidance | None = None
+    reason: Line
 
     @model_validator(mode="after")
     def _guidance_for_retry_different(self) -> RetryStrategy:
@@ -65,8 +76,8 @@ class RetryStrategy(BaseModel):
 
 class RoutedContext(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    target_task: str
-    context: str
+    target_task: Key
+    context: Guidance
 
 
 class NewTask(BaseModel):
@@ -83,13 +94,15 @@ class PilotDecision(BaseModel):
     """The pilot's answer: the tool's input_schema is this model's JSON schema."""
 
     model_config = ConfigDict(extra="forbid")
-    failure_analysis: dict[str, FailureAnalysis] = Field(default_factory=dict)
-    retry_strategies: dict[str, RetryStrategy] = Field(default_factory=dict)
-    routed_context: list[RoutedContext] = Field(default_factory=list)
-    skip_tasks: list[str] = Field(default_factory=list)
-    new_learnings: list[str] = Field(default_factory=list)
+    failure_analysis: dict[Key, FailureAnalysis] = Field(default_factory=dict, max_length=MAX_KEYS)
+    retry_strategies: dict[Key, RetryStrategy] = Field(default_factory=dict, max_length=MAX_KEYS)
+    routed_context: list[RoutedContext] = Field(default_factory=list, max_length=100)
+    skip_tasks: list[Key] = Field(default_factory=list, max_length=MAX_KEYS)
+    new_learnings: list[Line] = Field(default_factory=list, max_length=20)
     new_tasks: list[NewTask] = Field(default_factory=list, max_length=MAX_NEW_TASKS)
-    batches: list[list[str]] = Field(default_factory=list)
+    batches: list[Annotated[list[Key], Field(max_length=MAX_KEYS)]] = Field(
+        default_factory=list, max_length=MAX_KEYS
+    )
 
 
 class LLMReply(BaseModel):
@@ -125,8 +138,11 @@ class AnthropicClient:
                 tool_choice=choice,
             )
         usage = pricing.api_usage(model, message.usage)
-        tool_input = next((b.input for b in message.content if b.type == "tool_use"), None)
-        text = "".join(b.text for b in message.content if b.type == "text")
+        # Only the forced tool is an answer: any other tool_use block is not a decision.
+        tool_input = next(
+            (b.input for b in message.content if b.type == "tool_use" and b.name == tool["name"]), None
+        )
+        text = "".join(b.text for b in message.content if b.type == "text")[:MAX_ANSWER_CHARS]
         return LLMReply(
             tool_input=tool_input if isinstance(tool_input, dict) else None, text=text, usage=usage
         )
@@ -251,11 +267,14 @@ def ask(record: RunRecord, index: int, client: LLMClient) -> PilotAnswer:
             timeout_s=record.taskset.pilot.timeout_s,
         )
         answer.usage = reply.usage
-        answer.raw = json.dumps(reply.tool_input) if reply.tool_input is not None else reply.text
-        if reply.tool_input is None:
-            answer.error = "no tool call in the answer"
+        raw = json.dumps(reply.tool_input) if reply.tool_input is not None else reply.text
+        answer.raw = raw[:MAX_ANSWER_CHARS]
+        if len(raw) > MAX_ANSWER_CHARS:
+            answer.error = f"an answer of {len(raw):,} characters, over the {MAX_ANSWER_CHARS:,} bound"
+        elif reply.tool_input is None:
+            answer.error = f"no {TOOL_NAME} call in the answer"
     except Exception as exc:  # API errors once the SDK's retries are spent, or anything else: never fatal
-        answer.error = f"{type(exc).__name__}: {exc}"
+        answer.error = shell.tail(f"{type(exc).__name__}: {exc}", 2000)
     answer.duration_s = round(time.monotonic() - start, 3)
     return answer
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from functools import cache
 from typing import Any
@@ -32,13 +33,24 @@ def cost_usd(model: str, usage: Usage) -> float:
     return round(float(input_tokens * price["input"] + usage.output_tokens * price["output"]) / 1e6, 6)
 
 
+def count(value: Any) -> int:
+    """A token count as an API or a CLI reported it: a non-negative integer, else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def amount(value: Any) -> float:
+    """A cost in dollars as a CLI reported it: a finite non-negative number, else 0."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok and value >= 0 else 0.0
+
+
 def api_usage(model: str, u: Any) -> Usage:
     """The Messages API's usage block of one response as a Usage, with its cost."""
     usage = Usage(
-        input_tokens=u.input_tokens,
-        output_tokens=u.output_tokens,
-        cache_read_tokens=u.cache_read_input_tokens or 0,
-        cache_write_tokens=u.cache_creation_input_tokens or 0,
+        input_tokens=count(u.input_tokens),
+        output_tokens=count(u.output_tokens),
+        cache_read_tokens=count(u.cache_read_input_tokens),
+        cache_write_tokens=count(u.cache_creation_input_tokens),
     )
     usage.cost_usd = cost_usd(model, usage)
     return usage

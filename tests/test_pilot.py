@@ -245,3 +245,63 @@ def test_an_invalid_new_task_falls_back_to_the_replan(new_tasks, why):
     decision, entry = to_decision(after_batch(), answer(**{**GOOD, "new_tasks": new_tasks}))
     assert entry.outcome == "fallback_replan" and why in entry.reason
     assert decision.source == "replan" and decision.new_tasks == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("new_learnings", ["x" * 3_000_000], "at most 1000 characters"),
+        ("new_learnings", ["tests use pytest"] * 21, "at most 20 items"),
+        ("failure_analysis", {"b": {"category": "code_bug", "explanation": "x" * 2001}}, "at most 2000"),
+        ("routed_context", [{"target_task": "c", "context": "x" * 4001}], "at most 4000 characters"),
+        ("skip_tasks", ["x" * 65], "at most 64 characters"),
+    ],
+)
+def test_every_string_and_list_of_an_answer_is_bounded(field, value, why):
+    # Measured: 3 MB strings made a 39 MB run record, rewritten on every update.
+    decision, entry = to_decision(after_batch(), answer(**{**GOOD, field: value}))
+    assert entry.outcome == "fallback_replan" and why in entry.reason and len(entry.reason) <= 2000
+    assert decision.source == "replan"
+
+
+def test_the_tool_schema_carries_the_bounds():
+    schema = json.dumps(PilotDecision.model_json_schema())
+    assert '"maxLength": 1000' in schema and '"maxItems": 20' in schema
+
+
+def _ask(server, *replies) -> Any:
+    from otto_farm.pilot import AnthropicClient, ask
+    from otto_farm.scripted_server import ScriptedReply
+
+    server.script(*(ScriptedReply(**r) for r in replies))
+    return ask(after_batch(), 0, AnthropicClient())
+
+
+def test_the_pilot_takes_only_its_own_tool_and_non_negative_usage(pilot_server, monkeypatch):
+    # Measured: a `bash` tool_use was taken as the decision; negative token counts made the run's
+    # cost -$2,010,000, so the budget could never be reached.
+    from conftest import LLM_ENV
+
+    for name, value in LLM_ENV.items():
+        monkeypatch.setenv(name, value)
+    answer = _ask(pilot_server, {"tool_input": GOOD, "tool_name": "bash", "input_tokens": -(10**9)})
+    assert answer.error == "no decide_next_batches call in the answer"
+    assert answer.usage.input_tokens == 0 and answer.usage.cost_usd >= 0
+    answer = _ask(pilot_server, {"tool_input": GOOD, "output_tokens": -5, "input_tokens": 100})
+    assert answer.error is None and answer.usage.output_tokens == 0 and answer.usage.input_tokens == 100
+    assert to_decision(after_batch(), answer)[1].outcome == "applied"
+    huge = {**GOOD, "new_learnings": ["x" * 1000] * 3000}  # 3 MB
+    answer = _ask(pilot_server, {"tool_input": huge})
+    assert "over the 65,536 bound" in answer.error and len(answer.raw) == 65536
+    assert to_decision(after_batch(), answer)[1].outcome == "fallback_replan"
+
+
+def test_usage_is_never_negative():
+    from pydantic import ValidationError
+
+    from otto_farm.models import Usage
+
+    with pytest.raises(ValidationError):
+        Usage(input_tokens=-1)
+    with pytest.raises(ValidationError):
+        Usage(cost_usd=float("nan"))

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from otto_farm import pricing
 from otto_farm.errors import OttoFarmError
 from otto_farm.models import Strict, Usage
 from otto_farm.resources import data_dir
@@ -97,12 +98,12 @@ def parse_claude_json(stdout: str) -> ParsedOutput | None:
     return ParsedOutput(
         final_message=text,
         usage=Usage(
-            input_tokens=_int(usage.get("input_tokens")),
-            output_tokens=_int(usage.get("output_tokens")),
-            cache_read_tokens=_int(usage.get("cache_read_input_tokens")),
-            cache_write_tokens=_int(usage.get("cache_creation_input_tokens")),
+            input_tokens=pricing.count(usage.get("input_tokens")),
+            output_tokens=pricing.count(usage.get("output_tokens")),
+            cache_read_tokens=pricing.count(usage.get("cache_read_input_tokens")),
+            cache_write_tokens=pricing.count(usage.get("cache_creation_input_tokens")),
             # Older releases named the field cost_usd.
-            cost_usd=_float(result.get("total_cost_usd", result.get("cost_usd"))),
+            cost_usd=pricing.amount(result.get("total_cost_usd", result.get("cost_usd"))),
         ),
         stop_reason=stop_reason,
         ok=ok,
@@ -124,11 +125,11 @@ def parse_codex_jsonl(stdout: str) -> ParsedOutput | None:
         elif kind == "turn.completed":
             completed, failure = True, None
             counts = _dict(event.get("usage"))
-            cached = _int(counts.get("cached_input_tokens"))
+            cached = pricing.count(counts.get("cached_input_tokens"))
             # Codex counts cached tokens inside input_tokens; otto-farm's Usage keeps them apart.
             usage = usage + Usage(
-                input_tokens=max(_int(counts.get("input_tokens")) - cached, 0),
-                output_tokens=_int(counts.get("output_tokens")),
+                input_tokens=max(pricing.count(counts.get("input_tokens")) - cached, 0),
+                output_tokens=pricing.count(counts.get("output_tokens")),
                 cache_read_tokens=cached,
             )
         elif kind in ("turn.failed", "error"):
@@ -182,11 +183,3 @@ def _json_lines(stdout: str) -> Iterator[dict[str, Any]]:
 
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
-
-
-def _int(value: Any) -> int:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
-
-
-def _float(value: Any) -> float:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
