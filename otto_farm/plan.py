@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from otto_farm.errors import OttoFarmError
 from otto_farm.models import FAILED_STATUSES, Decision, RunRecord, TaskSet, TaskStatus
@@ -15,25 +15,29 @@ class DependencyCycle(OttoFarmError):
 
 
 def find_cycle(deps: Mapping[str, Iterable[str]]) -> list[str] | None:
-    """One cycle as a closed path of keys (a -> b -> a), or None."""
-    state: dict[str, int] = {}  # 1: on the current path, 2: finished
-    path: list[str] = []
+    """One cycle as a closed path of keys (a -> b -> a), or None.
 
-    def visit(key: str) -> list[str] | None:
-        state[key] = 1
-        path.append(key)
-        for dep in deps.get(key, ()):
-            if state.get(dep) == 1:
-                return path[path.index(dep) :] + [dep]
-            if dep in deps and dep not in state and (found := visit(dep)):
-                return found
-        path.pop()
-        state[key] = 2
-        return None
-
-    for key in deps:
-        if key not in state and (found := visit(key)):
-            return found
+    Depth-first with an explicit stack: a chain of thousands of tasks is user-sized input, not a reason
+    for a RecursionError.
+    """
+    finished: set[str] = set()
+    for root in deps:
+        if root in finished:
+            continue
+        path, on_path = [root], {root: 0}
+        todo: list[Iterator[str]] = [iter(deps[root])]
+        while todo:
+            dep = next(todo[-1], None)
+            if dep is None:
+                todo.pop()
+                finished.add(path[-1])
+                del on_path[path.pop()]
+            elif dep in on_path:
+                return path[on_path[dep] :] + [dep]
+            elif dep in deps and dep not in finished:
+                on_path[dep] = len(path)
+                path.append(dep)
+                todo.append(iter(deps[dep]))
     return None
 
 

@@ -133,6 +133,21 @@ def test_dry_run_prints_the_batches_and_writes_nothing(cli, store, make_repo, wr
     assert snapshot(store, repo) == before
 
 
+def test_a_2000_long_chain_is_planned_and_a_cycle_at_its_end_is_one_line(cli, make_repo, write_taskset):
+    # Measured: plan.find_cycle crashed with a RecursionError traceback and exit 1 on such a chain.
+    repo = make_repo()
+    chain = [{"key": f"t{i}", "prompt": "p", "depends_on": [f"t{i - 1}"] if i else []} for i in range(2000)]
+    write_taskset({**base_set(repo), "tasks": chain})
+    res = cli("submit", "--dry-run", "tasks.yaml")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[-1] == "  batch 2000: t1999"
+    chain[0]["depends_on"] = ["t1999"]
+    write_taskset({**base_set(repo), "tasks": chain})
+    res = cli("submit", "--dry-run", "tasks.yaml")
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.count("\n") == 1 and "dependency cycle: t0 -> t1999 -> t1998 -> " in res.stderr
+
+
 def test_dry_run_header_is_one_line(cli, make_repo, write_taskset):
     repo = make_repo()
     write_taskset(three_tasks(repo))
