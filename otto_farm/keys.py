@@ -73,3 +73,14 @@ def usage_key(run_id: str) -> str:
 def gates_key(run_id: str) -> str:
     """Hash of the run's gate checks (GateCheck), field `<batch>#<round>#<label>`; expires like results."""
     return f"{PREFIX}:run:{run_id}:gates"
+
+
+def limiter_key(key_id: str) -> str:
+    """Hash of one API key's rate-limit buckets and pause, shared by the fleet (limiter.py)."""
+    return f"{PREFIX}:limit:{key_id}"
+
+
+def spend_key(run_id: str) -> str:
+    """What the run's API calls have cost so far, counted as each returns, on any worker (budget.py)."""
+    return f"{PREFIX}:run:{run_id}:spend"
+

@@ -74,6 +74,14 @@ class PilotConfig(Strict):
     timeout_s: float = Field(120, gt=0)
 
 
+class Limits(Strict):
+    """An API key's limits per minute, shared by every worker (limiter.py); None: not limited."""
+
+    requests_per_minute: int | None = Field(None, gt=0)
+    input_tokens_per_minute: int | None = Field(None, gt=0)
+    output_tokens_per_minute: int | None = Field(None, gt=0)
+
+
 class BudgetConfig(Strict):
     max_cost_usd: float | None = Field(None, gt=0)
 
