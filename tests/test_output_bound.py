@@ -19,13 +19,17 @@ from conftest import gone_soon
 CUT = re.compile(r"\n\[\.\.\. (\d+) bytes cut \.\.\.\]\n")
 
 # Runs shell.run in a fresh interpreter, so its peak RSS is that of one run and not of this test session.
+# The peak is VmHWM, its own memory's: getrusage's ru_maxrss survives exec, so it would report the pytest
+# process that started it.
 FLOOD = """
-import json, resource, sys
+import json, re, sys
 from pathlib import Path
 from otto_farm.shell import run
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_kib():
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
+before = peak_kib()
 res = run("yes | head -c 1G", cwd=Path(sys.argv[1]), timeout_s=60)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak_kib()
 print(json.dumps({"before_kib": before, "after_kib": after, "res": res.__dict__}))
 """
 

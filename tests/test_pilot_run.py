@@ -127,7 +127,7 @@ def test_garbage_answer_falls_back_to_the_replan_and_the_run_finishes(
     pilot_server.script(ScriptedReply(text="I think you should retry b."))  # no tool call at all
     record = run_taskset(write_taskset(mixed_set(make_repo(), tmp_path, max_task_runs=1)))
     entry = record.batches[0].pilot
-    assert entry.outcome == "fallback_replan" and "no tool call" in entry.reason
+    assert entry.outcome == "fallback_replan" and "no decide_next_batches call" in entry.reason
     assert record.tasks["b"].status is TaskStatus.failed
     assert record.tasks["c"].status is TaskStatus.passed and record.status is RunStatus.failed
 
