@@ -1,10 +1,14 @@
 """A scripted stand-in for Anthropic's Messages API on 127.0.0.1: no key, no network, same answers every run.
 
-Point the real `anthropic` SDK at it (`base_url=server.url`, or `ANTHROPIC_BASE_URL` for a dry run): each
-`POST /v1/messages` gets the next `ScriptedReply` and is recorded with its secret headers' values
-replaced by a fingerprint (`fingerprint`), so a test can see which secret reached the wire, and where.
-As the real API does, a request whose custom tool's `input_schema` the API would refuse gets a 400.
-`python -m otto_farm.scripted_server --script replies.json [--port N]` serves a JSON list of replies.
+Point the real `anthropic` SDK at it (`base_url=server.url`, or `ANTHROPIC_BASE_URL` for a dry run), or a
+coding CLI such as Claude Code: each `POST /v1/messages` gets the next
+`ScriptedReply`, as one JSON message or, for `stream: true`, as the API's event stream (scripted_stream.py).
+`POST /v1/messages/count_tokens` and `HEAD` answer without taking a reply. Every request is recorded with
+its secret headers' values replaced by a fingerprint (`fingerprint`), so a test can see which secret
+reached the wire, and where. As the real API does, a request whose custom tool's `input_schema` the API
+would refuse gets a 400.
+`python -m otto_farm.scripted_server --script replies.json [--port N] [--log FILE]` serves a JSON list of
+replies, and with --log appends each request to FILE as a JSON line, secrets fingerprinted.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ import json
 import threading
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit
+
+from otto_farm.scripted_stream import messages_events
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -77,11 +83,12 @@ class ScriptedReply:
 @dataclass(frozen=True)
 class RecordedRequest:
     """One request as received: its path, its JSON body (None when not JSON), its headers (lower-case
-    names), each secret one's value replaced by its `fingerprint`."""
+    names), each secret one's value replaced by its `fingerprint`, and its method."""
 
     path: str
     body: Any
     headers: dict[str, str]
+    method: str = "POST"
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ class _Response:
     body: str
     delay_s: float = 0
     retry: bool = True  #: False sends `x-should-retry: false`
+    content_type: str = "application/json"
 
     def headers(self) -> dict[str, str]:
         if not self.retry:
@@ -98,6 +106,9 @@ class _Response:
             # The SDK ignores `retry-after: 0` and backs off 0.5-8 s; a positive retry-after-ms is obeyed.
             return {"retry-after": "0", "retry-after-ms": "1"}
         return {}
+
+
+SSE = "text/event-stream"
 
 
 def _error(status: int, message: str, delay_s: float = 0, retry: bool = True) -> _Response:
@@ -120,7 +131,7 @@ def _render(reply: ScriptedReply, request: dict[str, Any], n: int) -> _Response:
         if name is None:
             return _error(400, "scripted tool_input, but the request names no tool")
         content.append({"type": "tool_use", "id": f"toolu_{n}", "name": name, "input": reply.tool_input})
-    message = {
+    answer = {
         "id": f"msg_{n}",
         "type": "message",
         "role": "assistant",
@@ -135,7 +146,15 @@ def _render(reply: ScriptedReply, request: dict[str, Any], n: int) -> _Response:
             "cache_read_input_tokens": reply.cache_read_tokens,
         },
     }
-    return _Response(200, json.dumps(message), reply.delay_s)
+    if request.get("stream") is True:
+        return _Response(200, messages_events(answer), reply.delay_s, content_type=SSE)
+    return _Response(200, json.dumps(answer), reply.delay_s)
+
+
+def count_tokens(request: dict[str, Any]) -> int:
+    """A stand-in for `count_tokens`: about one token per four characters of what the model would read."""
+    read = {k: request.get(k) for k in ("system", "messages", "tools")}
+    return max(len(json.dumps(read)) // 4, 1)
 
 
 def load_replies(path: str | Path) -> list[ScriptedReply]:
@@ -149,8 +168,9 @@ def load_replies(path: str | Path) -> list[ScriptedReply]:
 class ScriptedServer:
     """A real HTTP server answering `POST /v1/messages` from a queue of `ScriptedReply`."""
 
-    def __init__(self, replies: Iterable[ScriptedReply] = ()) -> None:
+    def __init__(self, replies: Iterable[ScriptedReply] = (), log: Path | None = None) -> None:
         self._lock = threading.Lock()
+        self._log = log  #: each request appended as a JSON line
         self._replies = deque(replies)
         self._requests: list[RecordedRequest] = []
         self._count = 0
@@ -159,9 +179,9 @@ class ScriptedServer:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_file(cls, path: str | Path) -> ScriptedServer:
+    def from_file(cls, path: str | Path, log: Path | None = None) -> ScriptedServer:
         """A server scripted by a JSON file holding a list of reply objects (`ScriptedReply` fields)."""
-        return cls(load_replies(path))
+        return cls(load_replies(path), log)
 
     def start(self, port: int = 0) -> str:
         """Serve on 127.0.0.1 (`port` 0 picks a free one) from a daemon thread; return the base URL."""
@@ -219,12 +239,21 @@ class ScriptedServer:
         with self._lock:
             self._requests.clear()
 
-    def _answer(self, path: str, body: Any, headers: dict[str, str]) -> _Response:
+    def _answer(self, method: str, path: str, body: Any, headers: dict[str, str]) -> _Response:
         with self._lock:
-            self._requests.append(RecordedRequest(path, body, headers))
+            recorded = RecordedRequest(path, body, headers, method)
+            self._requests.append(recorded)
+            if self._log is not None:
+                with self._log.open("a") as log:
+                    log.write(json.dumps(asdict(recorded)) + "\n")
             self._count += 1
-            if urlsplit(path).path != "/v1/messages":
-                return _error(404, f"scripted server has no route POST {path}")
+            route = urlsplit(path).path
+            if method == "HEAD":
+                return _Response(200, "")  # a client's check that the base URL answers
+            if method == "POST" and route == "/v1/messages/count_tokens" and isinstance(body, dict):
+                return _Response(200, json.dumps({"input_tokens": count_tokens(body)}))
+            if method != "POST" or route != "/v1/messages":
+                return _error(404, f"scripted server has no route {method} {path}")
             if not isinstance(body, dict):
                 return _error(400, "request body is not a JSON object")
             if (problem := schema_problem(body.get("tools"))) is not None:
@@ -244,26 +273,36 @@ class _Handler(BaseHTTPRequestHandler):
         super().__init__(*args)
 
     def do_POST(self) -> None:
+        self._serve()
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_HEAD(self) -> None:
+        self._serve()
+
+    def _serve(self) -> None:
         raw = self.rfile.read(int(self.headers.get("content-length") or 0))
         try:
-            body = json.loads(raw)
+            body = json.loads(raw) if raw else None
         except ValueError:
             body = None
         headers = {
             k.lower(): fingerprint(v) if k.lower() in SECRET_HEADERS else v for k, v in self.headers.items()
         }
-        response = self.owner._answer(self.path, body, headers)
+        response = self.owner._answer(self.command, self.path, body, headers)
         if response.delay_s and self.owner._stopping.wait(response.delay_s):
             return
         data = response.body.encode()
         try:
             self.send_response(response.status)
-            self.send_header("content-type", "application/json")
+            self.send_header("content-type", response.content_type)
             self.send_header("content-length", str(len(data)))
             for name, value in response.headers().items():
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":
+                self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up first (its timeout): nothing to tell it
 
@@ -276,9 +315,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m otto_farm.scripted_server", description=__doc__)
     parser.add_argument("--script", required=True, type=Path, help="JSON file: a list of reply objects")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--log", type=Path, help="append each request to this file as a JSON line")
     args = parser.parse_args(argv)
     try:
-        server = ScriptedServer.from_file(args.script)
+        if args.log is not None:
+            args.log.open("a").close()  # a log that cannot be written is refused now, not at a request
+        server = ScriptedServer.from_file(args.script, args.log)
     except (OSError, ValueError, TypeError) as exc:
         parser.error(str(exc))
     print(server.start(args.port), flush=True)
