@@ -168,7 +168,7 @@ def finish_batch(
             batch = record.batches[index]
             for key in batch.tasks:  # the jobs' results become the tasks' states (store.fill_results)
                 state, done = record.tasks[key], current.tasks[key]
-                state.status, state.reason = done.status, done.reason
+                state.status, state.reason, state.error_code = done.status, done.reason, done.error_code
             mark_conflicts(record, outcome.conflicts)
             if gated and outcome.merged:  # the integration branch moves once the gate passes
                 chain = [ChainLink(key=k, sha=sha) for k, sha in outcome.chain]

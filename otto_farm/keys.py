@@ -84,3 +84,12 @@ def spend_key(run_id: str) -> str:
     """What the run's API calls have cost so far, counted as each returns, on any worker (budget.py)."""
     return f"{PREFIX}:run:{run_id}:spend"
 
+
+def live_key(run_id: str, task: str) -> str:
+    """Stream of what the task's running commands print, in bounded chunks; capped, with a time to live."""
+    return f"{PREFIX}:run:{run_id}:live:{task}"
+
+
+def started_key(run_id: str) -> str:
+    """Hash of when each job of the run started, field `<task>#<run_no>`; expires like results."""
+    return f"{PREFIX}:run:{run_id}:started"

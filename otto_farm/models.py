@@ -188,6 +188,22 @@ class Usage(BaseModel):
         return Usage(**{k: getattr(self, k) + getattr(other, k) for k in Usage.model_fields})
 
 
+# A run that ended with one of these cannot do better run again: the task is not retried.
+NOT_RETRIED_CODES = frozenset({"agent_cannot_run"})
+
+
+LiveSource = Literal["setup", "agent", "verify"]
+
+
+class LiveChunk(BaseModel):
+    """A piece of what a running job's command printed, as the task's live output holds it (livelog.py)."""
+
+    run: int  # the task's run number
+    source: LiveSource
+    attempt: int  # 0 for setup
+    text: str
+
+
 class Attempt(BaseModel):
     """One agent → verify round inside a job."""
 
@@ -234,8 +250,11 @@ class TaskState(BaseModel):
     guidance: str | None = None  # handed to the task's next run by the replan or the pilot
     context: list[str] = Field(default_factory=list)  # routed to this task by the pilot
     reason: str | None = None
+    error_code: str | None = None  # its last run's, beside `reason`: some are not retried (NOT_RETRIED_CODES)
     merged_sha: str | None = None
     gate_output: str | None = None  # what the gate printed when this task's merge broke it
+    # When its current run's job started, while it runs: filled by the store's reads, not kept in the record.
+    started_at: datetime | None = None
 
     @property
     def last(self) -> TaskResult | None:

@@ -7,7 +7,9 @@ answer against the run and turns it into a Decision, or falls back to the determ
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Protocol, cast
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -248,6 +250,16 @@ def model_for(record: RunRecord) -> str:
     return ts.pilot.model or ts.agent.model or pricing.default_model()
 
 
+# The SDK's own words for a missing key are a TypeError naming its constructor's arguments.
+SDK_NO_KEY = "Could not resolve authentication method"
+NO_KEY = "no API key: ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN) is not set where the pilot runs"
+
+
+def has_key(env: Mapping[str, str]) -> bool:
+    """Whether the anthropic SDK finds a key in this environment: without one, every call fails."""
+    return bool(env.get("ANTHROPIC_API_KEY") or env.get("ANTHROPIC_AUTH_TOKEN"))
+
+
 def ask(record: RunRecord, index: int, client: LLMClient) -> PilotAnswer:
     """One forced tool call; any failure is kept in the answer, never raised."""
     start = time.monotonic()
@@ -275,6 +287,8 @@ def ask(record: RunRecord, index: int, client: LLMClient) -> PilotAnswer:
             answer.error = f"no {TOOL_NAME} call in the answer"
     except Exception as exc:  # API errors once the SDK's retries are spent, or anything else: never fatal
         answer.error = shell.tail(f"{type(exc).__name__}: {exc}", 2000)
+    if answer.error and SDK_NO_KEY in answer.error and not has_key(os.environ):
+        answer.error = NO_KEY
     answer.duration_s = round(time.monotonic() - start, 3)
     return answer
 

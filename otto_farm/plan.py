@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 
 from otto_farm.errors import OttoFarmError
-from otto_farm.models import FAILED_STATUSES, Decision, RunRecord, TaskSet, TaskStatus
+from otto_farm.models import FAILED_STATUSES, NOT_RETRIED_CODES, Decision, RunRecord, TaskSet, TaskStatus
 
 
 class DependencyCycle(OttoFarmError):
@@ -96,12 +96,13 @@ def retry_guidance(record: RunRecord, key: str) -> str:
 
 
 def default_retries(record: RunRecord) -> dict[str, str]:
-    """Every failed task with runs left, with the replan's guidance."""
+    """Every failed task with runs left, with the replan's guidance; not one whose agent could not run
+    at all (NOT_RETRIED_CODES): another run would meet the same wall."""
     runs = record.taskset.max_task_runs
     return {
         k: retry_guidance(record, k)
         for k, s in record.tasks.items()
-        if s.status in FAILED_STATUSES and s.runs < runs
+        if s.status in FAILED_STATUSES and s.runs < runs and s.error_code not in NOT_RETRIED_CODES
     }
 
 

@@ -25,6 +25,9 @@ SECRET_NAMES = frozenset(
 
 STOP_POLL_S = 0.5
 Stop = Callable[[], bool]
+Tee = Callable[[str], None]  # handed what the command printed, as it prints it (livelog.py)
+# A tee is handed output at most this often: a chatty command costs a few calls a second, not one a read.
+LIVE_EVERY_S = 0.25
 Ended = Literal["exited", "timed_out", "stopped", "overflowed"]
 # Past this much output in all, a command is killed: a chatty one must not fill the worker's memory.
 OUTPUT_CAP_BYTES = 64 << 20
@@ -66,6 +69,12 @@ def tail(text: str, limit: int) -> str:
     return f"[... {len(text) - limit} chars cut ...]\n" + text[-limit:]
 
 
+def first_line(text: str | None, limit: int = 200) -> str:
+    """A text's first non-empty line, cut to `limit`: an error's cause in one line."""
+    line = next((x.strip() for x in (text or "").splitlines() if x.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 class _Capture:
     """One stream's output as it comes: a quarter of `keep` bytes from its start (what ran), the rest
     from its end (where errors are); the middle is only counted."""
@@ -103,6 +112,38 @@ class _Capture:
         return f"{head}\n[... {cut} bytes cut ...]\n" + end[skip:].decode(errors="replace")
 
 
+class _Live:
+    """What the command printed since the tee was last called: handed on at once after a quiet spell,
+    else once LIVE_EVERY_S has passed since the last call."""
+
+    def __init__(self, tee: Tee, fds: list[int]) -> None:
+        self.tee = tee
+        self.decoders = {fd: codecs.getincrementaldecoder("utf-8")(errors="replace") for fd in fds}
+        self.parts: list[str] = []
+        self.last = float("-inf")
+
+    def add(self, fd: int, data: bytes) -> None:
+        self.parts.append(self.decoders[fd].decode(data))
+        self.due()
+
+    def wait_s(self) -> float:
+        """How long the output held back may wait for more."""
+        return max(self.last + LIVE_EVERY_S - time.monotonic(), 0) if self.parts else float("inf")
+
+    def due(self) -> None:
+        if self.parts and time.monotonic() >= self.last + LIVE_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        text, self.parts, self.last = "".join(self.parts), [], time.monotonic()
+        if text:
+            self.tee(text)
+
+    def close(self) -> None:
+        self.parts.extend(d.decode(b"", final=True) for d in self.decoders.values())
+        self.flush()
+
+
 def run(
     command: str,
     cwd: Path,
@@ -115,14 +156,15 @@ def run(
     max_output_bytes: int = OUTPUT_CAP_BYTES,
     prefix: Sequence[str] = (),
     pass_fds: Sequence[int] = (),
+    tee: Tee | None = None,
 ) -> ShellResult:
     """Run `[*prefix, "/bin/bash", "-c", command]` in a session of its own; on timeout, on `stop()`
     (asked twice a second), on writing more than `max_output_bytes` or on any exception, kill its whole
     process group. Once the command exits its group is killed too, so nothing it started outlives it.
 
     Its output and errors are read from pipes while it runs; at most `max_output_chars` bytes of each
-    are kept, from its start and its end. Its input is a file, so a command that does not read it
-    cannot block on it.
+    are kept, from its start and its end; `tee`, if given, is handed all of both as they come. Its input
+    is a file, so a command that does not read it cannot block on it.
     """
     start = time.monotonic()
     with tempfile.TemporaryFile() as inp:
@@ -141,12 +183,15 @@ def run(
         )
     out, err = _Capture(max_output_chars), _Capture(max_output_chars)
     pipes = {p.fileno(): c for p, c in ((proc.stdout, out), (proc.stderr, err)) if p is not None}
+    live = _Live(tee, list(pipes)) if tee is not None else None
     try:
-        ended = _pump(proc, pipes, start + max(timeout_s, 0.01), stop, max_output_bytes)
+        ended = _pump(proc, pipes, start + max(timeout_s, 0.01), stop, max_output_bytes, live)
     finally:
         _kill_group(proc)
         try:
-            _drain(pipes)
+            _drain(pipes, live)
+            if live is not None:
+                live.close()
         finally:
             for pipe in (proc.stdout, proc.stderr):
                 if pipe is not None:
@@ -168,7 +213,12 @@ def run(
 
 
 def _pump(
-    proc: subprocess.Popen[bytes], pipes: dict[int, _Capture], deadline: float, stop: Stop | None, cap: int
+    proc: subprocess.Popen[bytes],
+    pipes: dict[int, _Capture],
+    deadline: float,
+    stop: Stop | None,
+    cap: int,
+    live: _Live | None,
 ) -> Ended:
     """Read the command's pipes until it exits, times out, is stopped or overflows; which of these.
 
@@ -193,11 +243,15 @@ def _pump(
             wait_s = (min(deadline, next_stop) if stop is not None else deadline) - now
             if exit_fd is None:  # nothing tells us it exited: look now and then
                 wait_s = min(wait_s, 0.05)
+            if live is not None:
+                wait_s = min(wait_s, live.wait_s())
             for fd, _ in poller.poll(max(wait_s, 0) * 1000):
                 if fd == exit_fd:
                     return "exited"  # what the pipes still hold is drained after the group is killed
-                if _read(fd, pipes, poller) and sum(c.total for c in pipes.values()) > cap:
+                if _read(fd, pipes, poller, live) and sum(c.total for c in pipes.values()) > cap:
                     return "overflowed"
+            if live is not None:
+                live.due()
             if exit_fd is None and proc.poll() is not None:
                 return "exited"
     finally:
@@ -205,17 +259,19 @@ def _pump(
             os.close(exit_fd)
 
 
-def _read(fd: int, pipes: dict[int, _Capture], poller: select.poll) -> bool:
+def _read(fd: int, pipes: dict[int, _Capture], poller: select.poll, live: _Live | None) -> bool:
     """Read what one pipe has; False, and no longer polled, at its end."""
     data = os.read(fd, CHUNK)
     if data:
         pipes[fd].add(data)
+        if live is not None:
+            live.add(fd, data)
     else:
         poller.unregister(fd)
     return bool(data)
 
 
-def _drain(pipes: dict[int, _Capture]) -> None:
+def _drain(pipes: dict[int, _Capture], live: _Live | None) -> None:
     """Read what the pipes still hold once the group is dead, for DRAIN_S at most."""
     deadline = time.monotonic() + DRAIN_S
     poller = select.poll()
@@ -224,7 +280,7 @@ def _drain(pipes: dict[int, _Capture]) -> None:
     open_fds = len(pipes)
     while open_fds and (left := deadline - time.monotonic()) > 0:
         for fd, _ in poller.poll(left * 1000):
-            if not _read(fd, pipes, poller):
+            if not _read(fd, pipes, poller, live):
                 open_fds -= 1
 
 

@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import redis
 
-from otto_farm import keys, lease, redact
+from otto_farm import keys, lease, redact, shell
 from otto_farm.errors import Busy, InfrastructureError, InputError
 from otto_farm.models import (
     BatchRecord,
@@ -42,7 +42,7 @@ LOG_TTL_S = 14 * 24 * 3600
 LOCK_WAIT_S = 600.0  # a callback waits this long for another's merge before leaving the batch to the sweep
 TASKSET_CACHE = 64  # task sets kept parsed per process: a run's never changes
 # What the run key holds: the record without its task set and results, which have keys of their own.
-_HEAD_ONLY: Any = {"taskset": True, "usage": True, "tasks": {"__all__": {"results"}}}
+_HEAD_ONLY: Any = {"taskset": True, "usage": True, "tasks": {"__all__": {"results", "started_at"}}}
 # add_result in one round trip: the first result of a run is kept, counted and announced; a later one
 # gets the kept one back. KEYS: results, usage, events. ARGV: field, result, ttl, events maxlen, the
 # number of counters, counter/amount pairs, then the event's field/value pairs.
@@ -190,7 +190,7 @@ class Store:
         )
 
     def fill_results(self, record: RunRecord, tasks: Collection[str]) -> None:
-        """Load the stored results of these tasks into the record.
+        """Load the stored results of these tasks into the record, and when each running one's job started.
 
         A running task whose current run has a result takes its status from it: the job is over,
         and the batch callback has not folded it into the record yet.
@@ -198,16 +198,26 @@ class Store:
         wanted = [(k, n) for k in tasks for n in range(1, record.tasks[k].runs + 1)]
         if not wanted:
             return
-        fields = [_field(*w) for w in wanted]
-        raws = cast(list[str | None], self.redis.hmget(keys.results_key(record.run_id), fields))
+        running = [k for k in tasks if record.tasks[k].status is TaskStatus.running]
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.results_key(record.run_id), [_field(*w) for w in wanted])
+            if running:  # HMGET needs a field
+                pipe.hmget(
+                    keys.started_key(record.run_id), [_field(k, record.tasks[k].runs) for k in running]
+                )
+            raws, *started = cast(list[list[str | None]], pipe.execute())
         for (key, _), raw in zip(wanted, raws, strict=True):
             if raw is not None:
                 record.tasks[key].results.append(TaskResult.model_validate_json(raw))
+        for key, start in zip(running, started[0] if started else [], strict=True):
+            if start is not None:
+                record.tasks[key].started_at = datetime.fromtimestamp(float(start), UTC)
         for key in tasks:
             state = record.tasks[key]
             current = state.result_of(state.runs)
             if state.status is TaskStatus.running and current is not None:
-                state.status, state.reason = current.status, current.error
+                state.status, state.reason, state.started_at = current.status, current.error, None
+                state.error_code = current.error_code
 
     def _parse(self, run_id: str, raw: str | None, usage: dict[str, str]) -> RunRecord:
         head = _head(run_id, raw)
@@ -270,6 +280,8 @@ class Store:
                 "status": result.status.value,
                 "attempts": len(result.attempts),
                 "error": result.error_code,
+                "cause": shell.first_line(result.error) or None,
+                "duration_s": result.duration_s,
             },
         )
         kept = self._add_result(
@@ -320,6 +332,16 @@ class Store:
         with self.redis.pipeline() as pipe:
             pipe.hset(name, _field(key, run_no, attempt), json.dumps(redact.redactor().data(entries)))
             pipe.expire(name, LOG_TTL_S)
+            pipe.execute()
+
+    def task_started(self, run_id: str, key: str, run_no: int, batch: int, worker: str) -> None:
+        """Note when a job started (`status` shows how long it has run) and emit `task_started`."""
+        name = keys.started_key(run_id)
+        entry: Any = _event("task_started", {"task": key, "batch": batch, "run": run_no, "worker": worker})
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(name, _field(key, run_no), f"{time.time():.3f}")
+            pipe.expire(name, LOG_TTL_S)
+            pipe.xadd(keys.events_key(run_id), entry, maxlen=EVENTS_MAXLEN, approximate=True)
             pipe.execute()
 
     def transcript(self, run_id: str, key: str, run_no: int, attempt: int) -> list[dict[str, Any]]:

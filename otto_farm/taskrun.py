@@ -17,6 +17,7 @@ from otto_farm import gitops, prompt, redact, sandbox, shell, verify
 from otto_farm.agents import AgentRequest, get_agent
 from otto_farm.errors import Cancelled, GitError
 from otto_farm.lease import DEFAULT_TTL_S, Lease, run_once
+from otto_farm.livelog import LiveLog
 from otto_farm.models import Attempt, TaskResult, TaskStatus, Usage
 from otto_farm.resources import data_dir
 from otto_farm.sandbox import Command, Sandbox, SandboxUnavailable, Walls
@@ -38,6 +39,7 @@ class _Job:
     run_no: int
     deadline: float
     stop: shell.Stop
+    live: LiveLog  # what its commands print, as they print it (`otto-farm logs -f`)
     attempts: list[Attempt] = field(default_factory=list)
     setup_files: list[str] = field(default_factory=list)  # what setup created: never committed
     usage: Usage = field(default_factory=Usage)
@@ -100,7 +102,7 @@ def _run_once(
     hidden: Sequence[Path],
 ) -> TaskResult:
     run_id = view.run_id
-    store.emit(run_id, "task_started", task=key, batch=batch, run=run_no, worker=worker)
+    store.task_started(run_id, key, run_no, batch, worker)
     started = time.monotonic()
     job = _Job(
         store,
@@ -109,6 +111,7 @@ def _run_once(
         run_no,
         started + view.taskset.timeout_s,
         lambda: lease.lost.is_set() or _cancelled(store, run_id),
+        LiveLog(store, run_id, key, run_no),
     )
     result = error_result(run_id, key, run_no, batch, worker, base_sha=view.batch.base_sha)
     try:
@@ -132,6 +135,7 @@ def _run_once(
     except Exception as exc:  # the job boundary: report, never raise, so the chord callback runs
         result.status, result.error_code = TaskStatus.error, "infrastructure"
         result.error = f"{type(exc).__name__}: {exc}"[-2000:]
+    job.live.close()
     result.attempts, result.usage = job.attempts, job.usage
     result.duration_s = round(time.monotonic() - started, 3)
     return result
@@ -206,7 +210,11 @@ def _setup(
     job: _Job, wt: Path, box: Sandbox, env: dict[str, str], result: TaskResult, progress: Progress
 ) -> bool:
     progress("setup", 0)
-    res = box.run(Command(job.view.taskset.setup or "", job.remaining_s(), env, stop=job.stop))
+    res = box.run(
+        Command(
+            job.view.taskset.setup or "", job.remaining_s(), env, stop=job.stop, tee=job.live.tee("setup")
+        )
+    )
     if res.stopped:
         raise Cancelled()
     if res.exit_code == 0:
@@ -249,6 +257,7 @@ def _attempts(
                 attempt=n,
                 previous_failure=failure,
                 should_stop=job.stop,
+                tee=job.live.tee("agent", n),
             )
         )
         if outcome.stop_reason == "cancelled":
@@ -272,6 +281,8 @@ def _attempts(
                 if timed_out
                 else "agent_api_error"
                 if outcome.infrastructure
+                else "agent_cannot_run"
+                if outcome.cannot_run
                 else "agent_error"
             )
             attempt.error_code = code
@@ -279,12 +290,14 @@ def _attempts(
             result.error_code, result.error = code, outcome.error
             failure = redact.redactor().clean(f"The agent run failed: {outcome.error}")
             attempt.duration_s = round(time.monotonic() - attempt_start, 3)
-            if timed_out or outcome.infrastructure:  # another attempt would meet the same wall
+            if timed_out or outcome.infrastructure or outcome.cannot_run:  # another would meet the same wall
                 return
             continue
         gitops.commit_all(wt, f"otto-farm: {key} (run {job.run_no}, attempt {n})", exclude=job.setup_files)
         progress("verify", n)
-        res = box.run(Command(verify_cmd, job.remaining_s(), env, stop=job.stop))
+        res = box.run(
+            Command(verify_cmd, job.remaining_s(), env, stop=job.stop, tee=job.live.tee("verify", n))
+        )
         if res.stopped:
             raise Cancelled()
         attempt.verify_exit_code = res.exit_code

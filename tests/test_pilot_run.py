@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from jsonschema import Draft202012Validator
+from test_cli import otto
 
 from otto_farm.celery_app import app
 from otto_farm.models import RunStatus, TaskSpec, TaskStatus
@@ -211,6 +214,7 @@ def test_submit_no_pilot_decides_by_replan_alone(
         timeout=120,
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr  # b never gets the pilot's guidance
+    assert proc.stdout.count("pilot: off") == 1, proc.stdout  # said once, up front
     record = store.get(proc.stdout.split()[1].rstrip(":"))
     assert record.taskset.pilot.enabled is False
     assert all(b.pilot is None for b in record.batches)
@@ -241,3 +245,28 @@ def test_a_fix_task_added_by_the_pilot_runs_is_merged_and_shown(
     assert "fix-b (pilot)" in table and "a (pilot)" not in table
     shown = subprocess.run([*status, "--pilot"], env=env, capture_output=True, text=True, timeout=60).stdout
     assert "new task fix-b (after b): build fix-b on b" in shown
+
+
+def test_a_pilot_without_a_key_is_said_up_front_and_its_fallback_names_the_cause(make_repo, write_taskset):
+    """On a farm of its own, submit's workers have its environment: without a key it says so once, and
+    the pilot's fallback after the failed batch says why in words, not as the SDK's TypeError."""
+    home = Path(tempfile.mkdtemp(prefix="of-"))  # short: unix socket paths are limited
+    path = write_taskset(
+        {
+            "repo": str(make_repo()),
+            "max_attempts": 1,
+            "verify": "false",
+            "agent": {"command": "touch x"},
+            "tasks": [{"key": "a", "prompt": "p"}],
+        }
+    )
+    try:
+        proc = otto("submit", str(path), cwd=home, env={"OTTO_FARM_HOME": str(home), "ANTHROPIC_API_KEY": ""})
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    [note] = [i for i, line in enumerate(lines) if "no ANTHROPIC_API_KEY" in line]
+    assert note < next(i for i, line in enumerate(lines) if line.startswith("batch 1")), proc.stdout
+    assert "pilot: fell back to the replan: no API key" in proc.stdout, proc.stdout
+    assert "TypeError" not in proc.stdout and "Could not resolve" not in proc.stdout

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from otto_farm import shell
 from otto_farm.models import AgentConfig, Usage
 from otto_farm.sandbox import Sandbox
 
@@ -26,19 +27,21 @@ class AgentRequest:
     # job (one agent object serves them all) adds just this, so it reads its own error first-hand.
     previous_failure: str | None = None
     should_stop: Callable[[], bool] | None = None  # true once the run is cancelled: stop now
+    tee: shell.Tee | None = None  # handed what the agent prints as it prints it: the task's live output
 
 
 @dataclass
 class AgentOutcome:
     ok: bool
     final_message: str = ""
-    stop_reason: str = "end_turn"  # end_turn | error | timeout | max_turns | ...
+    stop_reason: str = "end_turn"  # end_turn | exited (a command's) | error | timeout | max_turns | ...
     exit_code: int | None = None
     output: str = ""  # what the agent printed, capped
     error: str | None = None
     usage: Usage = field(default_factory=Usage)
     transcript: list[dict[str, Any]] = field(default_factory=list)  # messages and tool calls, capped
     infrastructure: bool = False  # the failure was the API's, not the code's: no point in another attempt
+    cannot_run: bool = False  # the agent could not be started at all: no attempt or run will do better
 
 
 class Agent(Protocol):

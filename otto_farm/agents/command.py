@@ -21,6 +21,8 @@ from otto_farm.models import Usage
 from otto_farm.sandbox import Command
 
 OUTPUT_CHARS = 20_000
+# bash's exit codes for a command it could not start: another attempt would meet the same wall.
+CANNOT_RUN = {127: "not found", 126: "not executable"}
 # A CLI's report (one JSON object, or the end of an event stream) must be read whole, not from a tail.
 PARSED_OUTPUT_CHARS = 5_000_000
 PROMPTS_PREFIX = "otto-farm-prompts-"  # + the pid of the process whose jobs' prompt files it holds
@@ -63,6 +65,7 @@ class CommandAgent:
                     max_output_chars=PARSED_OUTPUT_CHARS if parses else OUTPUT_CHARS,
                     stop=request.should_stop,
                     readable=[Path(tmp)],
+                    tee=request.tee,
                 )
             )
         parsed = presets.parse_output(preset.output, res.output) if preset else None
@@ -101,7 +104,8 @@ def _alive(pid: int) -> bool:
 
 
 def _failed(error: str) -> AgentOutcome:
-    return AgentOutcome(ok=False, stop_reason="error", error=error)
+    """A configuration the agent cannot be started with."""
+    return AgentOutcome(ok=False, stop_reason="error", error=error, cannot_run=True)
 
 
 def _outcome(res: shell.ShellResult, parsed: ParsedOutput | None, timeout_s: float) -> AgentOutcome:
@@ -110,7 +114,7 @@ def _outcome(res: shell.ShellResult, parsed: ParsedOutput | None, timeout_s: flo
     done = AgentOutcome(
         ok=True,
         final_message=parsed.final_message if parsed else (lines[-1] if lines else ""),
-        stop_reason=parsed.stop_reason if parsed else "end_turn",
+        stop_reason=parsed.stop_reason if parsed else "exited",
         exit_code=res.exit_code,
         output=shell.tail(res.output, OUTPUT_CHARS)
         + (f"\n[stderr]\n{shell.tail(res.stderr, OUTPUT_CHARS)}" if res.stderr else ""),
@@ -125,6 +129,15 @@ def _outcome(res: shell.ShellResult, parsed: ParsedOutput | None, timeout_s: flo
     if res.overflowed:  # a runaway printer, not an agent at work: another attempt would do the same
         return replace(
             done, ok=False, stop_reason="error", error="agent command killed: its output passed the cap"
+        )
+    if res.exit_code in CANNOT_RUN:
+        return replace(
+            done,
+            ok=False,
+            stop_reason="error",
+            cannot_run=True,
+            error=f"agent command could not run (exit {res.exit_code}, {CANNOT_RUN[res.exit_code]}): "
+            + shell.tail(res.stderr.strip() or res.output.strip(), 2000),
         )
     if res.exit_code != 0:
         detail = res.stderr.strip() or (parsed.error or "" if parsed else "")

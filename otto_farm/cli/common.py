@@ -6,6 +6,7 @@ import functools
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import redis
@@ -14,10 +15,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from otto_farm import celery_app
+from otto_farm import celery_app, shell
 from otto_farm.embedded import session
 from otto_farm.errors import OttoFarmError
-from otto_farm.models import GateState, RunRecord, TaskStatus
+from otto_farm.models import FAILED_STATUSES, GateState, RunRecord, TaskState, TaskStatus
 from otto_farm.settings import Settings
 from otto_farm.store import Store
 
@@ -87,7 +88,7 @@ def task_table(record: RunRecord) -> Table:
                 str(len(last.attempts)) if last else "-",
                 str(state.runs),
                 short(last.commit_sha if last else None),
-                f"{last.duration_s:.1f}s" if last else "-",
+                _duration(state),
                 f"${sum(r.usage.cost_usd for r in state.results):.4f}",
                 last.branch if last else "-",
             )
@@ -102,6 +103,36 @@ def task_table(record: RunRecord) -> Table:
         style = STATUS_STYLE.get(TaskStatus(row[2]), "")
         table.add_row(*row[:2], f"[{style}]{row[2]}[/]" if style else row[2], *row[3:])
     return table
+
+
+def elapsed(seconds: float) -> str:
+    """A time span as people read it: 42s, 3m05s, 1h02m."""
+    s = max(int(seconds), 0)
+    return (
+        f"{s}s"
+        if s < 60
+        else f"{s // 60}m{s % 60:02d}s"
+        if s < 3600
+        else f"{s // 3600}h{s % 3600 // 60:02d}m"
+    )
+
+
+def _duration(state: TaskState) -> str:
+    """Its last job's time, or how long its running job has run (the store fills `started_at`)."""
+    if state.status is TaskStatus.running and state.started_at is not None:
+        return f"{elapsed((datetime.now(UTC) - state.started_at).total_seconds())} so far"
+    return f"{state.last.duration_s:.1f}s" if state.last else "-"
+
+
+def cause_lines(record: RunRecord) -> list[str]:
+    """Why each task that failed or was skipped did: its code and the first line of its cause."""
+    lines = []
+    for key, state in record.tasks.items():
+        if state.status in FAILED_STATUSES or state.status is TaskStatus.skipped:
+            code = f" ({state.error_code})" if state.error_code else ""
+            cause = shell.first_line(state.reason)
+            lines.append(f"  {key} {state.status.value}{code}" + (f": {cause}" if cause else ""))
+    return lines
 
 
 def summary_line(record: RunRecord) -> str:

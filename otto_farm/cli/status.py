@@ -12,6 +12,7 @@ from rich.live import Live
 from otto_farm.cli.common import (
     JsonOut,
     RunId,
+    cause_lines,
     connected,
     console,
     exits_cleanly,
@@ -40,11 +41,15 @@ def status(
             return
         if not watch:
             console.print(task_table(record), soft_wrap=False)
+            for line in cause_lines(record):
+                console.print(line, markup=False)
             console.print(summary_line(record))
             return
         with Live(console=console, auto_refresh=False) as live:
             while True:
-                live.update(Group(task_table(record), summary_line(record)), refresh=True)
+                live.update(
+                    Group(task_table(record), *cause_lines(record), summary_line(record)), refresh=True
+                )
                 if record.status is not RunStatus.running:
                     return
                 time.sleep(1)

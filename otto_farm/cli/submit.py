@@ -6,16 +6,19 @@ import contextlib
 import dataclasses
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
-from otto_farm import coordinator, taskset
+from otto_farm import coordinator, pilot, shell, taskset
 from otto_farm.cli.common import (
     Workers,
+    cause_lines,
     connected,
     console,
+    elapsed,
     err_console,
     exits_cleanly,
     summary_line,
@@ -23,7 +26,7 @@ from otto_farm.cli.common import (
 )
 from otto_farm.embedded import Embedded
 from otto_farm.errors import InfrastructureError, InputError
-from otto_farm.models import RunRecord, RunStatus
+from otto_farm.models import RunRecord, RunStatus, TaskSet
 from otto_farm.plan import initial
 from otto_farm.settings import Settings
 from otto_farm.store import Store
@@ -36,6 +39,7 @@ EXIT_CODES = {
     RunStatus.cancelled: 1,
     RunStatus.error: 3,
 }
+PROGRESS_EVERY_S = 30.0  # with tasks running and nothing else to say, their elapsed times this often
 
 
 @exits_cleanly
@@ -78,6 +82,8 @@ def run(loaded: taskset.LoadedTaskSet, wait: bool = True, workers: int = 2) -> N
     with connected(workers) as (store, proc):
         record = coordinator.start(store, loaded)
         console.print(f"run {record.run_id}: {len(record.tasks)} tasks on {loaded.repo} ({loaded.base})")
+        if note := pilot_note(loaded.taskset, own_workers=proc is not None):
+            console.print(note, markup=False)
         if not wait:
             return
         try:
@@ -85,8 +91,23 @@ def run(loaded: taskset.LoadedTaskSet, wait: bool = True, workers: int = 2) -> N
         except KeyboardInterrupt:
             interrupted(store, record.run_id)
     console.print(task_table(record), soft_wrap=False)
+    for line in cause_lines(record):
+        console.print(line, markup=False)
     console.print(summary_line(record))
     raise typer.Exit(EXIT_CODES[record.status])
+
+
+def pilot_note(ts: TaskSet, own_workers: bool) -> str | None:
+    """What the pilot will do, said once before the run's first batch: off, or keyless on workers this
+    command started (they have its environment; other farms' workers have their own)."""
+    if not ts.pilot.enabled:
+        return "pilot: off; after a failed batch the replan decides (failed tasks with runs left run again)"
+    if own_workers and not pilot.has_key(os.environ):
+        return (
+            "pilot: no ANTHROPIC_API_KEY on this farm; after a failed batch it falls back to the replan "
+            "(set the key, or --no-pilot to say so)"
+        )
+    return None
 
 
 def _lasting() -> bool:
@@ -124,14 +145,30 @@ def _exit_now(signum: int, frame: object) -> None:
 def follow(store: Store, run_id: str, workers: object | None = None) -> RunRecord:
     """Print the run's events as they come until it ends."""
     last_id = "0"
+    started: dict[str, float] = {}  # running tasks, when this command saw them start
+    said = time.monotonic()
     while True:
         for last_id, event in store.events(run_id, last_id, block_ms=1000):  # noqa: B007,B020 - resumes after it
+            if event["kind"] == "task_started":
+                started[event["task"]] = time.monotonic()
+            elif event["kind"] == "task_finished":
+                started.pop(event["task"], None)
             if line := render_event(event):
                 console.print(line, markup=False)
+                said = time.monotonic()
             if event["kind"] == "run_finished":
                 return store.get(run_id)
+        if started and time.monotonic() - said >= PROGRESS_EVERY_S:
+            console.print(running_line(started, time.monotonic()), markup=False)
+            said = time.monotonic()
         if workers is not None and workers.poll() is not None:  # type: ignore[attr-defined]
             raise InfrastructureError("the local worker process exited; see .otto-farm/worker.log")
+
+
+def running_line(started: dict[str, float], now: float) -> str:
+    """The running tasks and how long each has run, longest first."""
+    tasks = sorted(started.items(), key=lambda kv: kv[1])
+    return "  .. running: " + ", ".join(f"{key} {elapsed(now - at)}" for key, at in tasks)
 
 
 def render_event(e: dict[str, str]) -> str | None:
@@ -143,7 +180,9 @@ def render_event(e: dict[str, str]) -> str | None:
     if kind == "task_finished":
         mark = "ok" if e["status"] == "passed" else "!!"
         why = f" ({e['error']})" if e.get("error") else ""
-        return f"  {mark} {task} {e['status']}{why} after {e['attempts']} attempt(s)"
+        took = f" in {elapsed(float(e['duration_s']))}" if e.get("duration_s") else ""
+        cause = f": {e['cause']}" if e.get("cause") else ""
+        return f"  {mark} {task} {e['status']}{why} after {e['attempts']} attempt(s){took}{cause}"
     if kind == "batch_merged":
         line = f"  merged [{e.get('merged') or 'nothing'}] -> {e['sha'][:10]}"
         return line + (f"; conflicts: {e['conflicts']}" if e.get("conflicts") else "")
@@ -156,8 +195,11 @@ def render_event(e: dict[str, str]) -> str | None:
     if kind == "pilot_started":
         return f"  pilot: deciding after batch {int(e['batch']) + 1}"
     if kind == "pilot_decided":
+        cost = f"${float(e.get('cost_usd', 0)):.4f}"
+        if e["outcome"] == "fallback_replan":  # the pilot's answer was not used: say why, in one line
+            return f"  pilot: fell back to the replan: {shell.first_line(e.get('reason'))} ({cost})"
         why = f" ({e['reason']})" if e.get("reason") else ""
-        return f"  pilot: {e['outcome']}{why}, ${float(e.get('cost_usd', 0)):.4f}"
+        return f"  pilot: {e['outcome']}{why}, {cost}"
     if kind == "gate_started":
         where = "the base" if e["batch"] == "-1" else f"batch {int(e['batch']) + 1}"
         return f"  gate: checking {where}" + (f" ({e['checks']} prefixes)" if int(e["checks"]) > 1 else "")

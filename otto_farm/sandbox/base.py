@@ -39,6 +39,7 @@ class Command:
     max_output_chars: int = 200_000
     stop: shell.Stop | None = None
     readable: Sequence[Path] = ()  # shown to it read-only, e.g. the prompt file's directory
+    tee: shell.Tee | None = None  # handed its output as it comes: the task's live log
 
 
 class Sandbox(Protocol):
@@ -63,4 +64,5 @@ def run_wrapped(
         stop=cmd.stop,
         prefix=prefix,
         pass_fds=pass_fds,
+        tee=cmd.tee,
     )

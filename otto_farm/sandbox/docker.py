@@ -92,6 +92,7 @@ class Docker:
                 max_output_chars=cmd.max_output_chars,
                 stop=cmd.stop,
                 prefix=self._exec_args(cmd),
+                tee=cmd.tee,
             )
             return res
         finally:
