@@ -13,6 +13,7 @@ import redis
 import typer
 from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from otto_farm import celery_app, shell
@@ -25,6 +26,7 @@ from otto_farm.store import Store
 # soft_wrap: a long line stays one line when piped, so scripts can read it.
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False)
+UNBOUNDED = 1_000_000  # columns: a piped table's width is its own
 
 RunId = Annotated[str, typer.Argument(help="Run id (see `otto-farm runs`).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -96,13 +98,32 @@ def task_table(record: RunRecord) -> Table:
     table = Table(title=f"run {record.run_id}", title_justify="left", box=box.SIMPLE_HEAD)
     headers = ("task", "batch", "status", "attempts", "runs", "sha", "duration", "cost", "branch")
     for i, col in enumerate(headers):
-        # Every column keeps its width but the long branch, last, which narrow terminals cut short.
-        width = max(len(col), *(len(row[i]) for row in rows)) if col != "branch" else 12
-        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=width)
+        # Every column keeps its width but the long branch, last, which narrow terminals fold.
+        if col == "branch":
+            table.add_column(col, overflow="fold", min_width=12)
+        else:
+            table.add_column(col, no_wrap=True, min_width=max(len(col), *(len(row[i]) for row in rows)))
     for row in rows:
         style = STATUS_STYLE.get(TaskStatus(row[2]), "")
         table.add_row(*row[:2], f"[{style}]{row[2]}[/]" if style else row[2], *row[3:])
     return table
+
+
+def print_table(table: Table) -> None:
+    """On a terminal, fit its width; piped or redirected, every cell whole at the table's own width."""
+    if console.is_terminal:
+        console.print(table, soft_wrap=False)
+        return
+    width = Measurement.get(console, console.options.update(max_width=UNBOUNDED), table).maximum
+    Console(file=console.file, width=width, highlight=False).print(table, soft_wrap=False)
+
+
+def print_run(record: RunRecord) -> None:
+    """A run's tasks, why those that failed did, and its summary."""
+    print_table(task_table(record))
+    for line in cause_lines(record):
+        console.print(line, markup=False)
+    console.print(summary_line(record))
 
 
 def elapsed(seconds: float) -> str:
@@ -126,13 +147,24 @@ def _duration(state: TaskState) -> str:
 
 def cause_lines(record: RunRecord) -> list[str]:
     """Why each task that failed or was skipped did: its code and the first line of its cause."""
-    lines = []
-    for key, state in record.tasks.items():
-        if state.status in FAILED_STATUSES or state.status is TaskStatus.skipped:
-            code = f" ({state.error_code})" if state.error_code else ""
-            cause = shell.first_line(state.reason)
-            lines.append(f"  {key} {state.status.value}{code}" + (f": {cause}" if cause else ""))
-    return lines
+    return [
+        "  " + state_line(key, state)
+        for key, state in record.tasks.items()
+        if state.status in FAILED_STATUSES or state.status is TaskStatus.skipped
+    ]
+
+
+def state_line(key: str, state: TaskState) -> str:
+    """A task's state in one line: where it runs, how long its job took, or why it failed."""
+    if state.status is TaskStatus.running:
+        return f"{key} running (run {state.runs}" + (
+            f", batch {state.batch + 1})" if state.batch is not None else ")"
+        )
+    if state.status is TaskStatus.passed and state.last:
+        return f"{key} passed in {elapsed(state.last.duration_s)}"
+    code = f" ({state.error_code})" if state.error_code else ""
+    cause = shell.first_line(state.reason)
+    return f"{key} {state.status.value}{code}" + (f": {cause}" if cause else "")
 
 
 def summary_line(record: RunRecord) -> str:

@@ -8,7 +8,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from otto_farm.cli.common import JsonOut, connected, console, exits_cleanly, short, write_json
+from otto_farm.cli.common import JsonOut, connected, exits_cleanly, print_table, short, write_json
 
 
 @exits_cleanly
@@ -22,17 +22,23 @@ def runs(
     if json_out:
         write_json("[" + ",".join(r.model_dump_json() for r in records) + "]")
         return
-    table = Table(box=box.SIMPLE_HEAD)
-    for col in ("run", "name", "status", "tasks", "integration sha", "created"):
-        table.add_column(col, no_wrap=col == "run")
-    for r in records:
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(r.counts().items()))
-        table.add_row(
+    rows = [
+        (
             r.run_id,
             r.name or "-",
             r.status.value,
-            counts,
+            ", ".join(f"{n} {s}" for s, n in sorted(r.counts().items())),
             short(r.integration_sha),
             r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
         )
-    console.print(table, soft_wrap=False)
+        for r in records
+    ]
+    table = Table(box=box.SIMPLE_HEAD)
+    for i, col in enumerate(("run", "name", "status", "tasks", "integration sha", "created")):
+        if col in ("name", "tasks"):  # a narrow terminal folds these; ids and times are never cut
+            table.add_column(col, overflow="fold")
+        else:
+            table.add_column(col, no_wrap=True, min_width=max(len(col), *(len(row[i]) for row in rows)))
+    for row in rows:
+        table.add_row(*row)
+    print_table(table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -16,11 +17,14 @@ from otto_farm.cli.common import (
     connected,
     console,
     exits_cleanly,
+    print_run,
+    state_line,
     summary_line,
     task_table,
     write_json,
 )
 from otto_farm.models import RunRecord, RunStatus
+from otto_farm.store import Store
 
 
 @exits_cleanly
@@ -39,11 +43,10 @@ def status(
         if pilot:
             print_pilot(record)
             return
-        if not watch:
-            console.print(task_table(record), soft_wrap=False)
-            for line in cause_lines(record):
-                console.print(line, markup=False)
-            console.print(summary_line(record))
+        if watch and not console.is_terminal:  # piped or redirected: a line per change, then the whole
+            record = watch_lines(store, record)
+        if not watch or not console.is_terminal:
+            print_run(record)
             return
         with Live(console=console, auto_refresh=False) as live:
             while True:
@@ -54,6 +57,20 @@ def status(
                     return
                 time.sleep(1)
                 record = store.get(run_id)
+
+
+def watch_lines(store: Store, record: RunRecord) -> RunRecord:
+    """A timed line for each task whose state changes, until the run ends; the ended run."""
+    seen: dict[str, str] = {}
+    while True:
+        for key, state in record.tasks.items():
+            if seen.get(key) != (line := state_line(key, state)):
+                seen[key] = line
+                console.print(f"{datetime.now():%H:%M:%S} {line}", markup=False)
+        if record.status is not RunStatus.running:
+            return record
+        time.sleep(1)
+        record = store.get(record.run_id)
 
 
 def print_pilot(record: RunRecord) -> None:

@@ -15,14 +15,12 @@ import typer
 from otto_farm import coordinator, pilot, shell, taskset
 from otto_farm.cli.common import (
     Workers,
-    cause_lines,
     connected,
     console,
     elapsed,
     err_console,
     exits_cleanly,
-    summary_line,
-    task_table,
+    print_run,
 )
 from otto_farm.embedded import Embedded
 from otto_farm.errors import InfrastructureError, InputError
@@ -90,10 +88,7 @@ def run(loaded: taskset.LoadedTaskSet, wait: bool = True, workers: int = 2) -> N
             record = follow(store, record.run_id, proc)
         except KeyboardInterrupt:
             interrupted(store, record.run_id)
-    console.print(task_table(record), soft_wrap=False)
-    for line in cause_lines(record):
-        console.print(line, markup=False)
-    console.print(summary_line(record))
+    print_run(record)
     raise typer.Exit(EXIT_CODES[record.status])
 
 

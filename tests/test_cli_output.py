@@ -1,0 +1,73 @@
+"""What the commands print outside a terminal: plain, whole lines, whatever width COLUMNS says."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+from test_cli import otto
+from test_cli_faults import start
+
+from otto_farm import coordinator, taskset
+
+from conftest import wait_for
+
+NARROW = {"COLUMNS": "80"}
+
+
+def test_runs_and_status_piped_print_whole_ids_names_and_branches(
+    make_repo, write_taskset, run_taskset, settings, tmp_path
+):
+    name = "calc-backend-with-a-rather-long-name-for-its-column"
+    path = write_taskset(
+        {
+            "name": name,
+            "repo": str(make_repo()),
+            "verify": "true",
+            "agent": {"command": "touch x"},
+            "tasks": [{"key": "add-the-multiplication-operator", "prompt": "p"}],
+        }
+    )
+    record = run_taskset(path)
+    env = {**settings.env(), **NARROW}
+    runs = otto("runs", cwd=tmp_path, env=env).stdout
+    [row] = [line for line in runs.splitlines() if record.run_id in line]
+    assert name in row and record.created_at.strftime("%Y-%m-%d %H:%M:%S") in row, runs
+    assert "…" not in runs
+    status = otto("status", record.run_id, cwd=tmp_path, env=env).stdout
+    branch = record.tasks["add-the-multiplication-operator"].last.branch  # type: ignore[union-attr]
+    assert branch in status and "…" not in status, status
+
+
+def test_status_watch_piped_prints_a_line_per_change(
+    make_repo, write_taskset, settings, store, worker, tmp_path
+):
+    go = tmp_path / "go"
+    path = write_taskset(
+        {
+            "repo": str(make_repo()),
+            "max_attempts": 1,
+            "verify": "true",
+            "sandbox": {"kind": "none"},  # the agent waits on a file of the test's, outside its worktree
+            "agent": {"command": f"while [ ! -e {go} ]; do sleep 0.1; done; touch x"},
+            "tasks": [{"key": "slow", "prompt": "p"}],
+        }
+    )
+    run_id = coordinator.start(store, taskset.load(path)).run_id
+    lines: list[str] = []
+    with start("status", run_id, "--watch", cwd=tmp_path, env={**settings.env(), **NARROW}) as watcher:
+        assert watcher.stdout is not None and watcher.stderr is not None
+        reader = threading.Thread(target=lambda: lines.extend(watcher.stdout))  # type: ignore[arg-type]
+        reader.start()
+        wait_for(
+            lambda: any(line.endswith(" slow running (run 1, batch 1)\n") for line in lines), timeout_s=60
+        )
+        go.touch()
+        watcher.wait(60)
+        reader.join(10)
+        errors = watcher.stderr.read()
+    out = "".join(lines)
+    assert watcher.returncode == 0, out + errors
+    assert sum(" slow running " in line for line in lines) == 1, out  # once per change, not per look
+    assert re.search(r"^\d\d:\d\d:\d\d slow passed in \d+s$", out, re.M), out
+    assert out.endswith("\n") and f"run {run_id} passed" in out
