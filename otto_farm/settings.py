@@ -53,6 +53,9 @@ class Settings(BaseModel):
             settings = cls.model_validate(values)
         except ValidationError as exc:
             err = exc.errors()[0]
+            env = ENV_PREFIX + str(err["loc"][0]).upper()
+            if env in os.environ:  # the environment's value, not the file's (which may not exist)
+                raise InputError(env, ".".join(map(str, err["loc"][1:])), err["msg"]) from exc
             raise InputError(str(path), ".".join(map(str, err["loc"])), err["msg"]) from exc
         settings.home = settings.home.absolute()
         return settings

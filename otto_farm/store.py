@@ -282,6 +282,7 @@ class Store:
                 "error": result.error_code,
                 "cause": shell.first_line(result.error) or None,
                 "duration_s": result.duration_s,
+                "commit": result.commit_sha,
             },
         )
         kept = self._add_result(

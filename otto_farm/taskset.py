@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from otto_farm import gitops
+from otto_farm import gitops, shell
 from otto_farm.agents import AGENTS, presets
 from otto_farm.errors import GitError, InputError
 from otto_farm.models import TaskSet
@@ -197,12 +197,24 @@ def check_tasks(ts: TaskSet, source: str) -> None:
             )
 
 
+def _unreadable(repo: str, exc: GitError) -> str:
+    """Why git could not list the repository's branches: a missing path, a folder that is no repository,
+    or, for a URL, git's own word (host unknown, refused, not found, denied)."""
+    if not gitops.is_url(repo):
+        return (
+            f"{repo!r}: no such directory" if not Path(repo).exists() else f"{repo!r} is not a git repository"
+        )
+    said = [line for line in exc.output.splitlines() if line.startswith("fatal:")]
+    why = said[0].removeprefix("fatal:").strip() if said else shell.first_line(exc.output)
+    return f"{repo!r} could not be read: {why}"
+
+
 def _resolve_base(repo: str, base: str | None, source: str) -> tuple[str, str, dict[str, str]]:
     try:
         heads = gitops.remote_heads(repo)
         branch = base or gitops.remote_default_branch(repo)
-    except GitError:
-        raise InputError(source, "repo", f"{repo!r} is not a git repository") from None
+    except GitError as exc:
+        raise InputError(source, "repo", _unreadable(repo, exc)) from None
     if branch is None:
         raise InputError(source, "base", f"repo {repo!r} has no current branch; set base")
     if branch not in heads:

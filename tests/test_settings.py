@@ -48,3 +48,10 @@ def test_store_must_be_redis(monkeypatch):
     monkeypatch.setenv("OTTO_FARM_STORE_URL", "postgres://x")
     with pytest.raises(InputError, match="store_url"):
         _ = Settings.load().resolved_store_url
+
+
+def test_a_bad_value_in_the_environment_is_blamed_on_its_variable(monkeypatch):
+    monkeypatch.setenv("OTTO_FARM_LEASE_S", "abc")
+    with pytest.raises(InputError, match=r"^OTTO_FARM_LEASE_S: .*number") as caught:
+        Settings.load()
+    assert "otto-farm.toml" not in str(caught.value)  # there is none

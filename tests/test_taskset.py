@@ -132,6 +132,11 @@ def test_repo_that_is_not_a_git_repository(tmp_path, write_taskset):
     assert one_line_error(path) == f"{path}: repo: {str(plain)!r} is not a git repository"
 
 
+def test_a_missing_repo_path_is_not_called_a_repository_it_is_not(tmp_path, write_taskset):
+    path = write_taskset(with_repo(tmp_path / "nowhere"))
+    assert one_line_error(path) == f"{path}: repo: {str(tmp_path / 'nowhere')!r}: no such directory"
+
+
 def test_missing_base_branch(make_repo, write_taskset):
     repo = make_repo()
     path = write_taskset(with_repo(repo, base="nope"))
@@ -341,4 +346,5 @@ def test_repo_credentials_are_masked_in_errors(make_repo, write_taskset, url, sh
     url, shown = url.format(port=port), shown.format(port=port)
     path = write_taskset(with_repo(make_repo()) | {"repo": url})
     for message in (one_line_error(path), one_line_error(path, repo=url)):
-        assert message == f"{path}: repo: {shown!r} is not a git repository"
+        assert message.startswith(f"{path}: repo: {shown!r} could not be read: unable to access"), message
+        assert "s3cret" not in message and "t0ken" not in message  # git's own line names the URL too

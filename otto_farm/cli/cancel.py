@@ -11,4 +11,9 @@ def cancel(run_id: RunId) -> None:
     """End a running run as cancelled; what merged stays merged."""
     with connected() as (store, _):
         record = coordinator.cancel(store, run_id)
-    console.print(f"run {record.run_id} cancelled; integration branch {record.integration_branch} kept")
+    kept = (
+        f"integration branch {record.integration_branch} kept"
+        if record.integration_sha
+        else "nothing was merged, so there is no integration branch"
+    )
+    console.print(f"run {record.run_id} cancelled; {kept}")

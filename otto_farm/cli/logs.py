@@ -56,6 +56,11 @@ def logs(
         }
     if not state.results:
         console.print(f"{task}: {state.status.value}, no job has finished yet")
+    numbers = sorted({a.number for r in state.results for a in r.attempts})
+    if attempt is not None and state.results and attempt not in numbers:
+        raise InputError(
+            "--attempt", str(attempt), f"{task} has attempt(s) {', '.join(map(str, numbers)) or 'none'}"
+        )
     for result in state.results:
         console.rule(f"{task} run {result.run_no} (batch {result.batch + 1}): {result.status.value}")
         if result.error:

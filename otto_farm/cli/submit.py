@@ -12,9 +12,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from otto_farm import coordinator, pilot, shell, taskset
+from otto_farm import coordinator, gitops, pilot, shell, taskset
 from otto_farm.cli.common import (
-    Workers,
     connected,
     console,
     elapsed,
@@ -37,6 +36,7 @@ EXIT_CODES = {
     RunStatus.cancelled: 1,
     RunStatus.error: 3,
 }
+DEFAULT_WORKERS = 2
 PROGRESS_EVERY_S = 30.0  # with tasks running and nothing else to say, their elapsed times this often
 
 
@@ -45,7 +45,10 @@ def submit(
     file: Annotated[Path, typer.Argument(help="Task set: YAML, or .txt with one prompt per line.")],
     repo: Annotated[str | None, typer.Option(help="Repository path or URL (overrides the file's).")] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the run to its end.")] = True,
-    workers: Workers = 2,
+    workers: Annotated[  # None: not given, so a farm already up is not told it was ignored
+        int | None,
+        typer.Option("--workers", "-w", min=1, help="Local worker processes (embedded default: 2)."),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan only.")] = False,
     no_pilot: Annotated[
         bool, typer.Option("--no-pilot", help="Decide after failures by replan alone.")
@@ -56,6 +59,8 @@ def submit(
 ) -> None:
     """Run a task set: batches of coding jobs, merged into an integration branch."""
     loaded = taskset.load(file, repo, agent_command=Settings.load().agent_command)
+    if note := uncommitted_note(loaded):
+        err_console.print(f"otto-farm: note: {note}", markup=False, soft_wrap=True)
     for off, part in ((no_pilot, "pilot"), (no_gate, "gate")):
         if off:
             ts = loaded.taskset
@@ -70,10 +75,12 @@ def submit(
         for i, batch in enumerate(plan, 1):
             console.print(f"  batch {i}: {', '.join(batch)}")
         return
-    run(loaded, wait, workers)
+    run(loaded, wait, workers or DEFAULT_WORKERS, workers_given=workers is not None)
 
 
-def run(loaded: taskset.LoadedTaskSet, wait: bool = True, workers: int = 2) -> None:
+def run(
+    loaded: taskset.LoadedTaskSet, wait: bool = True, workers: int = 2, workers_given: bool = False
+) -> None:
     """Start a run of a loaded task set and, with `wait`, follow it and exit with its outcome's code."""
     if not wait and not _lasting():  # a farm started for this command would stop as it returns
         raise InputError("--no-wait", "", "needs a running farm: start one with `otto-farm up`")
@@ -82,6 +89,10 @@ def run(loaded: taskset.LoadedTaskSet, wait: bool = True, workers: int = 2) -> N
         console.print(f"run {record.run_id}: {len(record.tasks)} tasks on {loaded.repo} ({loaded.base})")
         if note := pilot_note(loaded.taskset, own_workers=proc is not None):
             console.print(note, markup=False)
+        if workers_given and proc is None:  # the farm's workers were there before this command
+            err_console.print(
+                f"otto-farm: note: --workers {workers} not applied: {_not_ours()}", soft_wrap=True
+            )
         if not wait:
             return
         try:
@@ -90,6 +101,25 @@ def run(loaded: taskset.LoadedTaskSet, wait: bool = True, workers: int = 2) -> N
             interrupted(store, record.run_id)
     print_run(record)
     raise typer.Exit(EXIT_CODES[record.status])
+
+
+def _not_ours() -> str:
+    if Settings.load().embedded:
+        return "the farm's workers are already up (`otto-farm down`, then `otto-farm up --workers N`)"
+    return "a configured broker's workers are started with `otto-farm worker`"
+
+
+def uncommitted_note(loaded: taskset.LoadedTaskSet) -> str | None:
+    """A local repository's uncommitted changes: the agents work from commits, and never see them."""
+    if gitops.is_url(loaded.repo):
+        return None
+    changed = gitops.git(["status", "--porcelain"], cwd=Path(loaded.repo), check=False).splitlines()
+    if not changed:
+        return None
+    return (
+        f"{loaded.repo} has {len(changed)} uncommitted change(s); the agents see only its committed "
+        f"{loaded.base} ({loaded.base_sha[:10]})"
+    )
 
 
 def pilot_note(ts: TaskSet, own_workers: bool) -> str | None:
@@ -177,9 +207,12 @@ def render_event(e: dict[str, str]) -> str | None:
         why = f" ({e['error']})" if e.get("error") else ""
         took = f" in {elapsed(float(e['duration_s']))}" if e.get("duration_s") else ""
         cause = f": {e['cause']}" if e.get("cause") else ""
+        if e["status"] == "passed" and not e.get("commit"):
+            cause = "; no changes"  # passed without touching the tree: nothing of it will merge
         return f"  {mark} {task} {e['status']}{why} after {e['attempts']} attempt(s){took}{cause}"
     if kind == "batch_merged":
-        line = f"  merged [{e.get('merged') or 'nothing'}] -> {e['sha'][:10]}"
+        merged = f"merged [{e['merged']}]" if e.get("merged") else "merged nothing"
+        line = f"  {merged} -> {e['sha'][:10]}"
         return line + (f"; conflicts: {e['conflicts']}" if e.get("conflicts") else "")
     if kind == "decision":
         parts = [

@@ -28,8 +28,15 @@ def up(workers: Workers = 2) -> None:
     """Start the embedded Redis and local workers in the background."""
     farm = _farm()
     with farm.locked():  # a submit's own farm running already is kept from now on
+        already = farm.redis_up() and farm.workers_up()
         farm.start(workers)
         farm.keep()
+    if already:
+        console.print(
+            f"farm already up: Redis on {farm.socket}, workers logging to {farm.home / 'worker.log'}; "
+            "its workers stay as they are (`otto-farm down` first to start others)"
+        )
+        return
     console.print(f"farm up: Redis on {farm.socket}, workers logging to {farm.home / 'worker.log'}")
 
 
