@@ -280,7 +280,8 @@ def _conclude(record: RunRecord, index: int, decision: Decision) -> None:
     record.plan = decision.batches
     batch.status, batch.finished_at = BatchStatus.done, utcnow()
     budget = record.taskset.budget.max_cost_usd
-    if record.plan and budget is not None and record.usage.cost_usd >= budget:
+    spent = budget is not None and record.usage.cost_usd >= budget
+    if spent and (record.plan or any(s.error_code == "budget_spent" for s in record.tasks.values())):
         # What merged stays merged; the tasks still planned stay pending.
         record.status, record.finished_at = RunStatus.budget_exceeded, utcnow()
         record.error = f"budget spent: ${record.usage.cost_usd:.4f} of ${budget:.4f}"

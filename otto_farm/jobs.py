@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from otto_farm import coordinator, gate, gating, keys, pilot, recovery, sandbox, taskrun
 from otto_farm.celery_app import CONTROL_QUEUE, PILOT_QUEUE, TASKS_QUEUE, app
 from otto_farm.lease import Lease, Lock
+from otto_farm.meter import Meter
 from otto_farm.models import BatchStatus, GateCheck, PilotAnswer
 from otto_farm.settings import Settings
 from otto_farm.store import Store
@@ -66,6 +67,7 @@ def run_task(self: Any, run_id: str, task_key: str, run_no: int, batch: int) -> 
             timeout_errors=(SoftTimeLimitExceeded,),
             lease_s=_settings().lease_s,
             hidden=_settings().hidden_paths(),
+            limits=_settings().limits,
         )
     except RedisError:
         # The store (or the broker: the same Redis) went away: the job is lost, not failed. Raised, it
@@ -152,7 +154,8 @@ def pilot_job(run_id: str, batch: int) -> dict[str, Any]:
         return PilotAnswer(batch=batch, model="", superseded=True).model_dump(mode="json")
     answer: dict[str, Any] | None = None
     try:
-        answer = pilot.ask(record, batch, pilot.AnthropicClient()).model_dump(mode="json")
+        meter = Meter.for_run(store.redis, run_id, record.taskset.budget.max_cost_usd, _settings().limits)
+        answer = pilot.ask(record, batch, pilot.AnthropicClient(meter)).model_dump(mode="json")
         return answer
     finally:
         held.release(finished=answer is not None)  # killed mid-call, it stays claimed: the sweep asks again

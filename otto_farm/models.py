@@ -31,6 +31,9 @@ class AgentConfig(Strict):
     max_tokens: int = Field(8192, ge=1)  # per model response
     max_total_tokens: int | None = Field(None, ge=1)  # input + output over the job's attempts
     max_cost_usd: float | None = Field(None, gt=0)  # one task's job
+    fallback_model: str | None = None  # the anthropic agent's, after repeated overloaded (529) answers
+    # Silence that ends an attempt as `stalled`: a command that prints nothing, an API turn that hangs.
+    idle_timeout_s: float = Field(600, gt=0)
 
 
 class SandboxConfig(Strict):
@@ -183,6 +186,11 @@ class Usage(BaseModel):
     cache_read_tokens: int = Field(0, ge=0)
     cache_write_tokens: int = Field(0, ge=0)
     cost_usd: float = Field(0.0, ge=0, allow_inf_nan=False)
+    # The Messages API's calls (meter.py): how many, and what waiting for the fleet's limits cost.
+    api_calls: int = Field(0, ge=0)
+    limit_wait_s: float = Field(0.0, ge=0, allow_inf_nan=False)
+    rate_limited: int = Field(0, ge=0)  # 429 answers, each waited out
+    overloaded: int = Field(0, ge=0)  # 529 answers, each waited out
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(**{k: getattr(self, k) + getattr(other, k) for k in Usage.model_fields})
@@ -217,6 +225,7 @@ class Attempt(BaseModel):
     stop_reason: str | None = None
     final_message: str = ""
     usage: Usage = Field(default_factory=Usage)
+    model: str | None = None  # the model that did the work: the fallback after repeated overloads
 
 
 class TaskResult(BaseModel):

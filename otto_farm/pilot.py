@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from otto_farm import pricing, shell
 from otto_farm.errors import InputError
+from otto_farm.meter import CallFailed, Meter
 from otto_farm.models import (
     FAILED_STATUSES,
     Decision,
@@ -120,7 +121,11 @@ class LLMClient(Protocol):
 
 
 class AnthropicClient:
-    """The Messages API through the anthropic SDK; key and base URL come from the environment."""
+    """The Messages API through the anthropic SDK; key and base URL come from the environment. Its calls
+    share the fleet's rate limit and the run's budget through `meter`."""
+
+    def __init__(self, meter: Meter | None = None) -> None:
+        self.meter = meter or Meter()
 
     def call(
         self, *, model: str, system: str, prompt: str, tool: dict[str, Any], timeout_s: float
@@ -128,18 +133,29 @@ class AnthropicClient:
         import anthropic  # here, not at the top: the SDK takes seconds to import, and the CLI never needs it
         from anthropic.types import ToolChoiceToolParam, ToolParam
 
-        client = anthropic.Anthropic(timeout=timeout_s, max_retries=2)  # the SDK retries 429/5xx itself
         choice: ToolChoiceToolParam = {"type": "tool", "name": tool["name"]}
-        with client:
-            message = client.messages.create(
+        messages: Any = [{"role": "user", "content": prompt}]
+        with anthropic.Anthropic(max_retries=0) as client:  # the meter waits out 429s and 529s
+
+            def send(model: str, timeout: float) -> Any:
+                return client.messages.create(
+                    model=model,
+                    max_tokens=MAX_TOKENS,
+                    system=system,
+                    messages=messages,
+                    tools=[cast(ToolParam, tool)],
+                    tool_choice=choice,
+                    timeout=timeout,
+                )
+
+            call = self.meter.call(
+                send,
                 model=model,
+                payload=[system, messages, tool],
                 max_tokens=MAX_TOKENS,
-                system=system,
-                messages=[{"role": "user", "content": prompt}],
-                tools=[cast(ToolParam, tool)],
-                tool_choice=choice,
+                deadline=time.monotonic() + timeout_s,
             )
-        usage = pricing.api_usage(model, message.usage)
+        message, usage = call.response, call.usage
         # Only the forced tool is an answer: any other tool_use block is not a decision.
         tool_input = next(
             (b.input for b in message.content if b.type == "tool_use" and b.name == tool["name"]), None
@@ -285,7 +301,9 @@ def ask(record: RunRecord, index: int, client: LLMClient) -> PilotAnswer:
             answer.error = f"an answer of {len(raw):,} characters, over the {MAX_ANSWER_CHARS:,} bound"
         elif reply.tool_input is None:
             answer.error = f"no {TOOL_NAME} call in the answer"
-    except Exception as exc:  # API errors once the SDK's retries are spent, or anything else: never fatal
+    except CallFailed as exc:  # out of time or budget, or refused: what waiting cost is still counted
+        answer.usage, answer.error = exc.usage, shell.tail(str(exc), 2000)
+    except Exception as exc:  # anything else: never fatal
         answer.error = shell.tail(f"{type(exc).__name__}: {exc}", 2000)
     if answer.error and SDK_NO_KEY in answer.error and not has_key(os.environ):
         answer.error = NO_KEY

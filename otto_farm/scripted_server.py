@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -78,17 +79,19 @@ class ScriptedReply:
     cache_write_tokens: int = 0
     stop_reason: str | None = None
     raw_body: str | None = None
+    retry_after_s: float | None = None  #: with an error status: the `retry-after` it sends (default: ~0)
 
 
 @dataclass(frozen=True)
 class RecordedRequest:
     """One request as received: its path, its JSON body (None when not JSON), its headers (lower-case
-    names), each secret one's value replaced by its `fingerprint`, and its method."""
+    names), each secret one's value replaced by its `fingerprint`, its method and when it came (epoch s)."""
 
     path: str
     body: Any
     headers: dict[str, str]
     method: str = "POST"
+    at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -97,11 +100,14 @@ class _Response:
     body: str
     delay_s: float = 0
     retry: bool = True  #: False sends `x-should-retry: false`
+    retry_after_s: float | None = None
     content_type: str = "application/json"
 
     def headers(self) -> dict[str, str]:
         if not self.retry:
             return {"x-should-retry": "false"}
+        if self.retry_after_s is not None:
+            return {"retry-after": f"{self.retry_after_s:g}"}
         if self.status in (408, 409, 429) or self.status >= 500:
             # The SDK ignores `retry-after: 0` and backs off 0.5-8 s; a positive retry-after-ms is obeyed.
             return {"retry-after": "0", "retry-after-ms": "1"}
@@ -111,16 +117,19 @@ class _Response:
 SSE = "text/event-stream"
 
 
-def _error(status: int, message: str, delay_s: float = 0, retry: bool = True) -> _Response:
+def _error(
+    status: int, message: str, delay_s: float = 0, retry: bool = True, retry_after_s: float | None = None
+) -> _Response:
     body = {"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message}}
-    return _Response(status, json.dumps(body), delay_s, retry)
+    return _Response(status, json.dumps(body), delay_s, retry, retry_after_s)
 
 
 def _render(reply: ScriptedReply, request: dict[str, Any], n: int) -> _Response:
     if reply.raw_body is not None:
         return _Response(reply.status, reply.raw_body, reply.delay_s)
     if reply.status != 200:
-        return _error(reply.status, reply.text or f"scripted error {reply.status}", reply.delay_s)
+        message = reply.text or f"scripted error {reply.status}"
+        return _error(reply.status, message, reply.delay_s, retry_after_s=reply.retry_after_s)
     content: list[dict[str, Any]] = []
     if reply.text is not None:
         content.append({"type": "text", "text": reply.text})
@@ -241,7 +250,7 @@ class ScriptedServer:
 
     def _answer(self, method: str, path: str, body: Any, headers: dict[str, str]) -> _Response:
         with self._lock:
-            recorded = RecordedRequest(path, body, headers, method)
+            recorded = RecordedRequest(path, body, headers, method, time.time())
             self._requests.append(recorded)
             if self._log is not None:
                 with self._log.open("a") as log:

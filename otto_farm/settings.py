@@ -6,6 +6,7 @@ socket under `home`, which `embedded.py` starts.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from otto_farm.errors import InputError
+from otto_farm.models import Limits
 
 ENV_PREFIX = "OTTO_FARM_"
 CONFIG_FILE = "otto-farm.toml"
@@ -32,6 +34,8 @@ class Settings(BaseModel):
     agent_command: str | None = None  # the agent's command where a task set names none (.txt sets)
     lease_s: float = Field(30.0, gt=0)  # a dead worker's job is sent again about this long after it died
     sweep_s: float = Field(10.0, gt=0)  # how often a control worker looks for lost jobs and callbacks
+    # The API key's limits, shared by every worker's calls ([limits] in the file, JSON in OTTO_FARM_LIMITS).
+    limits: Limits = Field(default_factory=Limits)
 
     @classmethod
     def load(cls) -> Settings:
@@ -48,7 +52,7 @@ class Settings(BaseModel):
                 raise InputError(str(path), "", f"not valid TOML: {exc}") from exc
         for name in cls.model_fields:
             if (env := os.environ.get(ENV_PREFIX + name.upper())) is not None:
-                values[name] = env
+                values[name] = _json(name, env) if name in NESTED else env
         try:
             settings = cls.model_validate(values)
         except ValidationError as exc:
@@ -110,4 +114,16 @@ class Settings(BaseModel):
         for name in ("broker_url", "result_backend", "store_url"):
             if (value := getattr(self, name)) is not None:
                 out[ENV_PREFIX + name.upper()] = value
+        if limits := self.limits.model_dump(exclude_none=True):
+            out[f"{ENV_PREFIX}LIMITS"] = json.dumps(limits)
         return out
+
+
+NESTED = frozenset({"limits"})  # tables in the file, JSON objects in the environment
+
+
+def _json(name: str, text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"{ENV_PREFIX}{name.upper()}", "", f"not a JSON object: {exc}") from exc

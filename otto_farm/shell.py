@@ -28,7 +28,7 @@ Stop = Callable[[], bool]
 Tee = Callable[[str], None]  # handed what the command printed, as it prints it (livelog.py)
 # A tee is handed output at most this often: a chatty command costs a few calls a second, not one a read.
 LIVE_EVERY_S = 0.25
-Ended = Literal["exited", "timed_out", "stopped", "overflowed"]
+Ended = Literal["exited", "timed_out", "stopped", "overflowed", "stalled"]
 # Past this much output in all, a command is killed: a chatty one must not fill the worker's memory.
 OUTPUT_CAP_BYTES = 64 << 20
 # Once the command has exited and its group is killed, its pipes are read this long at most: a process
@@ -46,6 +46,7 @@ class ShellResult:
     duration_s: float
     stopped: bool = False  # `stop` said so before the command ended
     overflowed: bool = False  # killed for writing more than its output cap
+    stalled: bool = False  # killed for printing nothing for `idle_timeout_s`
 
 
 def is_secret_name(name: str) -> bool:
@@ -157,10 +158,12 @@ def run(
     prefix: Sequence[str] = (),
     pass_fds: Sequence[int] = (),
     tee: Tee | None = None,
+    idle_timeout_s: float | None = None,
 ) -> ShellResult:
     """Run `[*prefix, "/bin/bash", "-c", command]` in a session of its own; on timeout, on `stop()`
-    (asked twice a second), on writing more than `max_output_bytes` or on any exception, kill its whole
-    process group. Once the command exits its group is killed too, so nothing it started outlives it.
+    (asked twice a second), on writing more than `max_output_bytes`, on printing nothing for
+    `idle_timeout_s` or on any exception, kill its whole process group. Once the command exits its group
+    is killed too, so nothing it started outlives it.
 
     Its output and errors are read from pipes while it runs; at most `max_output_chars` bytes of each
     are kept, from its start and its end; `tee`, if given, is handed all of both as they come. Its input
@@ -185,7 +188,7 @@ def run(
     pipes = {p.fileno(): c for p, c in ((proc.stdout, out), (proc.stderr, err)) if p is not None}
     live = _Live(tee, list(pipes)) if tee is not None else None
     try:
-        ended = _pump(proc, pipes, start + max(timeout_s, 0.01), stop, max_output_bytes, live)
+        ended = _pump(proc, pipes, start + max(timeout_s, 0.01), stop, max_output_bytes, live, idle_timeout_s)
     finally:
         _kill_group(proc)
         try:
@@ -201,6 +204,10 @@ def run(
         mib, rest = divmod(max_output_bytes, 1 << 20)
         size = f"{max_output_bytes} bytes" if rest else f"{mib} MiB"
         output += ("\n" if output and not output.endswith("\n") else "") + f"[killed: output passed {size}]\n"
+    elif ended == "stalled":
+        output += ("\n" if output and not output.endswith("\n") else "") + (
+            f"[killed: no output for {idle_timeout_s:g} s]\n"
+        )
     return ShellResult(
         exit_code=proc.returncode if ended == "exited" else -signal.SIGKILL,
         output=output,
@@ -209,6 +216,7 @@ def run(
         duration_s=time.monotonic() - start,
         stopped=ended == "stopped",
         overflowed=ended == "overflowed",
+        stalled=ended == "stalled",
     )
 
 
@@ -219,8 +227,9 @@ def _pump(
     stop: Stop | None,
     cap: int,
     live: _Live | None,
+    idle_s: float | None = None,
 ) -> Ended:
-    """Read the command's pipes until it exits, times out, is stopped or overflows; which of these.
+    """Read the command's pipes until it exits, times out, is stopped, overflows or stalls; which.
 
     The wait sleeps in the kernel, on the pipes and on a pidfd that becomes readable when the command
     exits. Popen.wait(timeout) wakes every 50 ms to look, which cost a job about 4 ms of CPU for each
@@ -231,11 +240,14 @@ def _pump(
     for fd in [*pipes, *([] if exit_fd is None else [exit_fd])]:
         poller.register(fd, select.POLLIN)
     next_stop = time.monotonic() + STOP_POLL_S
+    quiet_until = time.monotonic() + idle_s if idle_s else float("inf")
     try:
         while True:
             now = time.monotonic()
             if now >= deadline:
                 return "timed_out"
+            if now >= quiet_until:
+                return "stalled"
             if stop is not None and now >= next_stop:
                 if stop():
                     return "stopped"
@@ -245,11 +257,14 @@ def _pump(
                 wait_s = min(wait_s, 0.05)
             if live is not None:
                 wait_s = min(wait_s, live.wait_s())
+            wait_s = min(wait_s, quiet_until - now)
             for fd, _ in poller.poll(max(wait_s, 0) * 1000):
                 if fd == exit_fd:
                     return "exited"  # what the pipes still hold is drained after the group is killed
-                if _read(fd, pipes, poller, live) and sum(c.total for c in pipes.values()) > cap:
-                    return "overflowed"
+                if _read(fd, pipes, poller, live):
+                    if sum(c.total for c in pipes.values()) > cap:
+                        return "overflowed"
+                    quiet_until = time.monotonic() + idle_s if idle_s else quiet_until
             if live is not None:
                 live.due()
             if exit_fd is None and proc.poll() is not None:

@@ -14,11 +14,13 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from otto_farm import gitops, prompt, redact, sandbox, shell, verify
-from otto_farm.agents import AgentRequest, get_agent
+from otto_farm.agents import AgentOutcome, AgentRequest, get_agent
+from otto_farm.budget import BudgetSpent
 from otto_farm.errors import Cancelled, GitError
 from otto_farm.lease import DEFAULT_TTL_S, Lease, run_once
 from otto_farm.livelog import LiveLog
-from otto_farm.models import Attempt, TaskResult, TaskStatus, Usage
+from otto_farm.meter import Meter
+from otto_farm.models import Attempt, Limits, TaskResult, TaskStatus, Usage
 from otto_farm.resources import data_dir
 from otto_farm.sandbox import Command, Sandbox, SandboxUnavailable, Walls
 from otto_farm.store import JobView, Store
@@ -40,6 +42,7 @@ class _Job:
     deadline: float
     stop: shell.Stop
     live: LiveLog  # what its commands print, as they print it (`otto-farm logs -f`)
+    limits: Limits  # the API key's, shared by the fleet (limiter.py)
     attempts: list[Attempt] = field(default_factory=list)
     setup_files: list[str] = field(default_factory=list)  # what setup created: never committed
     usage: Usage = field(default_factory=Usage)
@@ -60,13 +63,15 @@ def run(
     timeout_errors: tuple[type[BaseException], ...] = (),
     lease_s: float = DEFAULT_TTL_S,
     hidden: Sequence[Path] = (),
+    limits: Limits | None = None,
 ) -> TaskResult:
     """Run the task once and store its result.
 
     A redelivered job returns the stored result; one that meets another delivery still running (its
     lease held) waits for that one's result, or takes over if the lease lapses with its worker.
     `hidden`: paths of the farm's the task's commands must not see (its home, config file), beside
-    the work dir and the worker's $HOME, which are always hidden.
+    the work dir and the worker's $HOME, which are always hidden. `limits`: the API key's, which every
+    worker's calls share (limiter.py).
     """
     views: list[JobView] = []
 
@@ -76,7 +81,18 @@ def run(
 
     def work(lease: Lease) -> TaskResult:
         return _run_once(
-            store, work_dir, views[0], key, run_no, batch, worker, lease, progress, timeout_errors, hidden
+            store,
+            work_dir,
+            views[0],
+            key,
+            run_no,
+            batch,
+            worker,
+            lease,
+            progress,
+            timeout_errors,
+            hidden,
+            limits or Limits(),
         )
 
     jid = job_id(run_id, batch, key, run_no)
@@ -100,6 +116,7 @@ def _run_once(
     progress: Progress | None,
     timeout_errors: tuple[type[BaseException], ...],
     hidden: Sequence[Path],
+    limits: Limits,
 ) -> TaskResult:
     run_id = view.run_id
     store.task_started(run_id, key, run_no, batch, worker)
@@ -112,6 +129,7 @@ def _run_once(
         started + view.taskset.timeout_s,
         lambda: lease.lost.is_set() or _cancelled(store, run_id),
         LiveLog(store, run_id, key, run_no),
+        limits,
     )
     result = error_result(run_id, key, run_no, batch, worker, base_sha=view.batch.base_sha)
     try:
@@ -227,6 +245,22 @@ def _setup(
     return False
 
 
+# An agent's failure that ends the job: another attempt would meet the same wall.
+FINAL_CODES = frozenset({"agent_timeout", "agent_api_error", "agent_cannot_run", "budget_spent"})
+
+
+def _failure_code(outcome: AgentOutcome) -> str:
+    if outcome.stop_reason == "timeout":
+        return "agent_timeout"
+    if outcome.stop_reason == "budget":
+        return "budget_spent"
+    if outcome.stop_reason == "stalled":  # the API or the CLI went quiet: not the agent's failure
+        return "agent_stalled"
+    if outcome.infrastructure:
+        return "agent_api_error"
+    return "agent_cannot_run" if outcome.cannot_run else "agent_error"
+
+
 def _attempts(
     job: _Job, wt: Path, box: Sandbox, env: dict[str, str], result: TaskResult, progress: Progress
 ) -> None:
@@ -235,6 +269,7 @@ def _attempts(
     ts = view.taskset
     agent_cfg, verify_cmd = ts.agent_for(key), ts.verify_for(key)
     agent = get_agent(agent_cfg)
+    meter = Meter.for_run(job.store.redis, view.run_id, ts.budget.max_cost_usd, job.limits)
     # A retried task's first attempt reads its previous run's failure first-hand, as later attempts do.
     failure = prompt.previous_run_failure(view.state)
     tree = gitops.layout(wt, view.batch.base_sha)
@@ -242,7 +277,13 @@ def _attempts(
         if job.remaining_s() <= 0:
             result.status, result.error_code, result.error = TaskStatus.timeout, "job_timeout", "no time left"
             return
+        try:
+            meter.check()
+        except BudgetSpent as exc:  # the run's cap is spent on some worker: no call may follow
+            result.status, result.error_code, result.error = TaskStatus.error, "budget_spent", str(exc)
+            return
         progress("agent", n)
+        meter.on_wait = lambda waiting, n=n: progress("waiting_for_limit" if waiting else "agent", n)
         attempt_start = time.monotonic()
         outcome = agent.run(
             AgentRequest(
@@ -258,6 +299,7 @@ def _attempts(
                 previous_failure=failure,
                 should_stop=job.stop,
                 tee=job.live.tee("agent", n),
+                meter=meter,
             )
         )
         if outcome.stop_reason == "cancelled":
@@ -269,6 +311,7 @@ def _attempts(
             stop_reason=outcome.stop_reason,
             final_message=shell.tail(outcome.final_message, ATTEMPT_OUTPUT_CHARS),
             usage=outcome.usage,
+            model=outcome.model,
         )
         if outcome.transcript:  # kept apart from the result: a log, with a time to live
             job.store.put_transcript(view.run_id, key, job.run_no, n, outcome.transcript)
@@ -276,21 +319,12 @@ def _attempts(
         job.usage = job.usage + outcome.usage
         if not outcome.ok:
             timed_out = outcome.stop_reason == "timeout"
-            code = (
-                "agent_timeout"
-                if timed_out
-                else "agent_api_error"
-                if outcome.infrastructure
-                else "agent_cannot_run"
-                if outcome.cannot_run
-                else "agent_error"
-            )
-            attempt.error_code = code
+            code = attempt.error_code = _failure_code(outcome)
             result.status = TaskStatus.timeout if timed_out else TaskStatus.error
             result.error_code, result.error = code, outcome.error
             failure = redact.redactor().clean(f"The agent run failed: {outcome.error}")
             attempt.duration_s = round(time.monotonic() - attempt_start, 3)
-            if timed_out or outcome.infrastructure or outcome.cannot_run:  # another would meet the same wall
+            if code in FINAL_CODES:
                 return
             continue
         gitops.commit_all(wt, f"otto-farm: {key} (run {job.run_no}, attempt {n})", exclude=job.setup_files)

@@ -13,6 +13,7 @@ import pytest
 from otto_farm import keys
 from otto_farm.agents import anthropic_agent
 from otto_farm.agents.anthropic_agent import AnthropicAgent
+from otto_farm.meter import SERVER_RETRIES
 from otto_farm.models import RunStatus, TaskStatus
 from otto_farm.scripted_server import ScriptedReply, fingerprint
 from otto_farm.store import LOG_TTL_S
@@ -122,12 +123,12 @@ def test_overloaded_then_success(api, make_repo):
     assert outcome.ok and len(api.requests) == 2
 
 
-def test_api_that_keeps_failing_is_an_infrastructure_error_after_four_retries(api, make_repo):
-    """The README promises the SDK's 4 retries: the first try and 4 more reach the server, no sixth."""
-    api.script(*[ScriptedReply(status=500)] * 6)
+def test_api_that_keeps_failing_is_an_infrastructure_error_after_its_retries(api, make_repo):
+    """A server error (not an overload) is tried SERVER_RETRIES more times, then ends the attempt."""
+    api.script(*[ScriptedReply(status=500)] * (SERVER_RETRIES + 3))
     outcome = run(AnthropicAgent(), make_repo())
     assert not outcome.ok and outcome.infrastructure and "InternalServerError" in outcome.error
-    assert len(api.requests) == 5
+    assert len(api.requests) == SERVER_RETRIES + 1
 
 
 def test_max_turns_and_token_budget_stop_the_loop(api, make_repo):

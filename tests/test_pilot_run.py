@@ -135,7 +135,7 @@ def test_garbage_answer_falls_back_to_the_replan_and_the_run_finishes(
     assert record.tasks["c"].status is TaskStatus.passed and record.status is RunStatus.failed
 
 
-def test_overloaded_then_answer_is_retried_by_the_sdk(
+def test_overloaded_then_answer_is_waited_out(
     make_repo, write_taskset, run_taskset, pilot_server, tmp_path
 ):
     (tmp_path / "logs").mkdir()
@@ -146,7 +146,7 @@ def test_overloaded_then_answer_is_retried_by_the_sdk(
 
 
 def test_server_errors_and_timeouts_fall_back(make_repo, write_taskset, run_taskset, pilot_server, tmp_path):
-    # docs/pilot.md promises the SDK's two retries: the first try and two more, no fourth.
+    # A server error is tried twice more (meter.SERVER_RETRIES, docs/pilot.md), no fourth time.
     pilot_server.script(*[ScriptedReply(status=500)] * 4)
     record = run_taskset(write_taskset(mixed_set(make_repo(), tmp_path)))
     assert len(pilot_server.requests) == 3

@@ -15,10 +15,12 @@ import anthropic
 from otto_farm import pricing, redact
 from otto_farm.agents.base import AgentOutcome, AgentRequest
 from otto_farm.agents.tools import TOOL_DEFINITIONS, ToolError, Workspace
+from otto_farm.meter import CallFailed, Meter
 from otto_farm.models import Usage
 
 COMMAND_TIMEOUT_S = 120.0
 API_TIMEOUT_S = 600.0
+EPHEMERAL = {"type": "ephemeral"}
 TRANSCRIPT_TEXT_CHARS = 2_000  # per message or tool output
 TRANSCRIPT_ENTRIES = 400
 SYSTEM = """You are a coding agent working in a git worktree at {root}, on one task of a larger plan.
@@ -46,9 +48,22 @@ class AnthropicAgent:
             self.messages.append({"role": "user", "content": _retry_message(request.previous_failure)})
         outcome = AgentOutcome(ok=True)
         transcript = _Transcript()
+        meter = request.meter or Meter()
         # The SDK reads ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL from the worker's own environment; the
-        # tools get the scrubbed request.env only.
-        with anthropic.Anthropic(max_retries=4) as client:
+        # tools get the scrubbed request.env only. Its retries are off: the meter waits out 429s and 529s.
+        system = [{"type": "text", "text": SYSTEM.format(root=request.worktree), "cache_control": EPHEMERAL}]
+        with anthropic.Anthropic(max_retries=0) as client:
+
+            def send(model: str, timeout_s: float) -> Any:
+                return client.messages.create(
+                    model=model,
+                    max_tokens=cfg.max_tokens,
+                    system=system,  # type: ignore[arg-type]
+                    tools=TOOL_DEFINITIONS,  # type: ignore[arg-type]
+                    messages=self.messages,  # type: ignore[arg-type]
+                    timeout=max(1.0, min(API_TIMEOUT_S, timeout_s)),
+                )
+
             for _ in range(cfg.max_turns):
                 if request.should_stop is not None and request.should_stop():
                     outcome.ok, outcome.stop_reason, outcome.error = False, "cancelled", "run cancelled"
@@ -57,25 +72,23 @@ class AnthropicAgent:
                     outcome.stop_reason = stop
                     break
                 try:
-                    response = client.messages.create(
+                    call = meter.call(
+                        send,
                         model=model,
+                        payload=self.messages,
                         max_tokens=cfg.max_tokens,
-                        system=[
-                            {
-                                "type": "text",
-                                "text": SYSTEM.format(root=request.worktree),
-                                "cache_control": {"type": "ephemeral"},
-                            }
-                        ],
-                        tools=TOOL_DEFINITIONS,  # type: ignore[arg-type]
-                        messages=self.messages,  # type: ignore[arg-type]
-                        timeout=max(1.0, min(API_TIMEOUT_S, deadline - time.monotonic())),
+                        deadline=deadline,
+                        idle_s=cfg.idle_timeout_s,
+                        fallback=cfg.fallback_model,
                     )
-                except anthropic.APIError as exc:  # the SDK's own retries for 429/529/5xx are spent
-                    outcome.ok, outcome.stop_reason, outcome.infrastructure = False, "error", True
-                    outcome.error = f"Anthropic API: {type(exc).__name__}: {exc}"[:2000]
+                except CallFailed as exc:
+                    outcome.usage, self.total = outcome.usage + exc.usage, self.total + exc.usage
+                    outcome.ok, outcome.error = False, str(exc)
+                    outcome.stop_reason = exc.kind if exc.kind != "api" else "error"
+                    outcome.infrastructure = exc.kind == "api"
                     break
-                usage = pricing.api_usage(model, response.usage)
+                response, model, usage = call.response, call.model, call.usage
+                outcome.model = model
                 outcome.usage, self.total = outcome.usage + usage, self.total + usage
                 content = [block.model_dump(exclude_none=True) for block in response.content]
                 self.messages.append({"role": "assistant", "content": content})

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from otto_farm import shell
+from otto_farm.meter import Meter
 from otto_farm.models import AgentConfig, Usage
 from otto_farm.sandbox import Sandbox
 
@@ -28,6 +29,7 @@ class AgentRequest:
     previous_failure: str | None = None
     should_stop: Callable[[], bool] | None = None  # true once the run is cancelled: stop now
     tee: shell.Tee | None = None  # handed what the agent prints as it prints it: the task's live output
+    meter: Meter | None = None  # the run's API calls: the fleet's rate limit and budget (meter.py)
 
 
 @dataclass
@@ -42,6 +44,7 @@ class AgentOutcome:
     transcript: list[dict[str, Any]] = field(default_factory=list)  # messages and tool calls, capped
     infrastructure: bool = False  # the failure was the API's, not the code's: no point in another attempt
     cannot_run: bool = False  # the agent could not be started at all: no attempt or run will do better
+    model: str | None = None  # the model that did the work, where the agent knows it
 
 
 class Agent(Protocol):

@@ -66,10 +66,14 @@ class CommandAgent:
                     stop=request.should_stop,
                     readable=[Path(tmp)],
                     tee=request.tee,
+                    idle_timeout_s=request.config.idle_timeout_s,
                 )
             )
         parsed = presets.parse_output(preset.output, res.output) if preset else None
-        return _outcome(res, parsed, request.timeout_s)
+        outcome = _outcome(res, parsed, request.timeout_s)
+        if request.meter is not None:  # the CLI's cost comes as it exits: its attempt counts as one call
+            request.meter.spend(outcome.usage)
+        return outcome
 
 
 def prompt_root() -> Path:
@@ -126,6 +130,8 @@ def _outcome(res: shell.ShellResult, parsed: ParsedOutput | None, timeout_s: flo
         return replace(
             done, ok=False, stop_reason="timeout", error=f"agent command timed out after {timeout_s:.0f}s"
         )
+    if res.stalled:  # hung (a CLI waiting on a dead connection, a prompt): not the agent's failure
+        return replace(done, ok=False, stop_reason="stalled", error=f"agent command stalled: {lines[-1]}")
     if res.overflowed:  # a runaway printer, not an agent at work: another attempt would do the same
         return replace(
             done, ok=False, stop_reason="error", error="agent command killed: its output passed the cap"

@@ -19,7 +19,7 @@ from rich.table import Table
 from otto_farm import celery_app, shell
 from otto_farm.embedded import session
 from otto_farm.errors import OttoFarmError
-from otto_farm.models import FAILED_STATUSES, GateState, RunRecord, TaskState, TaskStatus
+from otto_farm.models import FAILED_STATUSES, GateState, RunRecord, TaskState, TaskStatus, Usage
 from otto_farm.settings import Settings
 from otto_farm.store import Store
 
@@ -91,7 +91,7 @@ def task_table(record: RunRecord) -> Table:
                 str(state.runs),
                 short(last.commit_sha if last else None),
                 _duration(state),
-                f"${sum(r.usage.cost_usd for r in state.results):.4f}",
+                _cost(state),
                 last.branch if last else "-",
             )
         )
@@ -145,6 +145,26 @@ def _duration(state: TaskState) -> str:
     return f"{state.last.duration_s:.1f}s" if state.last else "-"
 
 
+def _cost(state: TaskState) -> str:
+    """Its runs' cost, and the time its calls waited for the fleet's API limits, if they did."""
+    usage = sum((r.usage for r in state.results), Usage())
+    wait = f" ({elapsed(usage.limit_wait_s)} waiting)" if usage.limit_wait_s >= 1 else ""
+    return f"${usage.cost_usd:.4f}{wait}"
+
+
+def api_note(record: RunRecord) -> str:
+    """The run's Messages API calls: how many and how fast, and what the fleet's limits cost them."""
+    usage = record.usage
+    if not usage.api_calls:
+        return ""
+    span_s = ((record.finished_at or datetime.now(UTC)) - record.created_at).total_seconds()
+    parts = [f"{usage.api_calls} calls", f"{usage.api_calls * 60 / max(span_s, 1):.1f}/min"]
+    if usage.limit_wait_s >= 1:
+        parts.append(f"{elapsed(usage.limit_wait_s)} waiting for limits")
+    parts += [f"{n}×{code}" for n, code in ((usage.rate_limited, 429), (usage.overloaded, 529)) if n]
+    return "; API: " + ", ".join(parts)
+
+
 def cause_lines(record: RunRecord) -> list[str]:
     """Why each task that failed or was skipped did: its code and the first line of its cause."""
     return [
@@ -179,6 +199,7 @@ def summary_line(record: RunRecord) -> str:
             else ""
         )
         + "".join(f"; batch {b.index + 1}: {_gate_summary(b.gate)}" for b in record.batches if b.gate)
+        + api_note(record)
         + (f"; sandbox {', '.join(kinds)}" if kinds else "")
         + ("; UNSANDBOXED: task commands ran as the worker's user" if "none" in kinds else "")
         + (f"; error: {record.error}" if record.error else "")

@@ -40,6 +40,7 @@ class Command:
     stop: shell.Stop | None = None
     readable: Sequence[Path] = ()  # shown to it read-only, e.g. the prompt file's directory
     tee: shell.Tee | None = None  # handed its output as it comes: the task's live log
+    idle_timeout_s: float | None = None  # killed, `stalled`, after printing nothing for this long
 
 
 class Sandbox(Protocol):
@@ -65,4 +66,5 @@ def run_wrapped(
         prefix=prefix,
         pass_fds=pass_fds,
         tee=cmd.tee,
+        idle_timeout_s=cmd.idle_timeout_s,
     )

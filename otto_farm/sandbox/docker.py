@@ -93,6 +93,7 @@ class Docker:
                 stop=cmd.stop,
                 prefix=self._exec_args(cmd),
                 tee=cmd.tee,
+                idle_timeout_s=cmd.idle_timeout_s,
             )
             return res
         finally:
