@@ -1,7 +1,8 @@
 """A scripted stand-in for Anthropic's Messages API on 127.0.0.1: no key, no network, same answers every run.
 
 Point the real `anthropic` SDK at it (`base_url=server.url`, or `ANTHROPIC_BASE_URL` for a dry run), or a
-coding CLI such as Claude Code: each `POST /v1/messages` gets the next
+coding CLI (Claude Code; Codex through `POST /v1/responses`, streamed as the Responses API does): each
+`POST /v1/messages` gets the next
 `ScriptedReply`, as one JSON message or, for `stream: true`, as the API's event stream (scripted_stream.py).
 `POST /v1/messages/count_tokens` and `HEAD` answer without taking a reply. Every request is recorded with
 its secret headers' values replaced by a fingerprint (`fingerprint`), so a test can see which secret
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-from otto_farm.scripted_stream import messages_events
+from otto_farm.scripted_stream import messages_events, responses_events
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -160,6 +161,38 @@ def _render(reply: ScriptedReply, request: dict[str, Any], n: int) -> _Response:
     return _Response(200, json.dumps(answer), reply.delay_s)
 
 
+def _render_responses(reply: ScriptedReply, request: dict[str, Any], n: int) -> _Response:
+    """The reply as the Responses API streams it (Codex CLI): text as a message, a tool call as a
+    `function_call` of its JSON input, or a `custom_tool_call` when its input is just {"input": text}."""
+    if reply.raw_body is not None or reply.status != 200:
+        return _render(reply, request, n)
+    output: list[dict[str, Any]] = []
+    if reply.text is not None:
+        content = [{"type": "output_text", "text": reply.text, "annotations": []}]
+        output.append({"type": "message", "id": f"msg_{n}", "role": "assistant", "content": content})
+    if reply.tool_input is not None:
+        if reply.tool_name is None:
+            return _error(400, "scripted tool_input for the Responses API needs a tool_name")
+        call = {"id": f"fc_{n}", "call_id": f"call_{n}", "name": reply.tool_name}
+        raw = reply.tool_input.get("input")
+        if set(reply.tool_input) == {"input"} and isinstance(raw, str):
+            output.append({"type": "custom_tool_call", **call, "input": raw})
+        else:
+            output.append({"type": "function_call", **call, "arguments": json.dumps(reply.tool_input)})
+    output = [{**item, "status": "completed"} for item in output]
+    cached, written = reply.cache_read_tokens, reply.cache_write_tokens
+    read = reply.input_tokens + cached + written  # the Responses API counts cached input inside input_tokens
+    usage = {
+        "input_tokens": read,
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written},
+        "output_tokens": reply.output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": read + reply.output_tokens,
+    }
+    events = responses_events(f"resp_{n}", str(request.get("model", "")), output, usage)
+    return _Response(200, events, reply.delay_s, content_type=SSE)
+
+
 def count_tokens(request: dict[str, Any]) -> int:
     """A stand-in for `count_tokens`: about one token per four characters of what the model would read."""
     read = {k: request.get(k) for k in ("system", "messages", "tools")}
@@ -261,7 +294,7 @@ class ScriptedServer:
                 return _Response(200, "")  # a client's check that the base URL answers
             if method == "POST" and route == "/v1/messages/count_tokens" and isinstance(body, dict):
                 return _Response(200, json.dumps({"input_tokens": count_tokens(body)}))
-            if method != "POST" or route != "/v1/messages":
+            if method != "POST" or route not in ("/v1/messages", "/v1/responses"):
                 return _error(404, f"scripted server has no route {method} {path}")
             if not isinstance(body, dict):
                 return _error(400, "request body is not a JSON object")
@@ -271,7 +304,7 @@ class ScriptedServer:
                 # No retry: the test that forgot a reply should see this once, at once.
                 return _error(500, f"scripted server: script exhausted at request {self._count}", retry=False)
             reply, n = self._replies.popleft(), self._count
-        return _render(reply, body, n)
+        return _render(reply, body, n) if route == "/v1/messages" else _render_responses(reply, body, n)
 
 
 class _Handler(BaseHTTPRequestHandler):

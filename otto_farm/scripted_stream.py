@@ -1,7 +1,8 @@
 """The scripted server's replies as server-sent events, in the order the real APIs send them.
 
 `messages_events` turns a Messages-API message into the stream a `stream: true` request gets
-(message_start … message_stop). Imports nothing from the package, as the server it serves.
+(message_start … message_stop); `responses_events` writes one answer as the Responses API's stream, which
+Codex CLI reads. Imports nothing from the package, as the server it serves.
 """
 
 from __future__ import annotations
@@ -62,4 +63,46 @@ def messages_events(message: dict[str, Any]) -> str:
     delta = {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]}
     out.append(sse("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
     out.append(sse("message_stop", {"type": "message_stop"}))
+    return "".join(out)
+
+
+def responses_events(
+    response_id: str, model: str, output: list[dict[str, Any]], usage: dict[str, Any]
+) -> str:
+    """One Responses-API answer (the `output` items, done) as the stream Codex CLI reads.
+
+    Each item is added, its text streamed as output_text deltas when it is a message, and done; then
+    response.completed carries the whole response with its usage, as the API sends it.
+    """
+    response = {
+        "id": response_id,
+        "object": "response",
+        "model": model,
+        "status": "in_progress",
+        "output": [],
+    }
+    out = [sse("response.created", {"type": "response.created", "response": response})]
+    for index, item in enumerate(output):
+        where = {"output_index": index, "item_id": item["id"]}
+        opening = {**item, "status": "in_progress"}
+        if item["type"] == "message":
+            opening["content"] = []
+        out.append(
+            sse(
+                "response.output_item.added", {"type": "response.output_item.added", **where, "item": opening}
+            )
+        )
+        for part in item.get("content", []):
+            out += [
+                sse(
+                    "response.output_text.delta",
+                    {"type": "response.output_text.delta", **where, "content_index": 0, "delta": p},
+                )
+                for p in pieces(part["text"])
+            ]
+        out.append(
+            sse("response.output_item.done", {"type": "response.output_item.done", **where, "item": item})
+        )
+    done = {**response, "status": "completed", "output": output, "usage": usage}
+    out.append(sse("response.completed", {"type": "response.completed", "response": done}))
     return "".join(out)

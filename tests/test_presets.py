@@ -33,6 +33,8 @@ WATCHED = [
     "UNLISTED_API_KEY",
     "OTTO_FARM_MODEL",
     "OTTO_FARM_PROMPT_FILE",
+    "ANTHROPIC_AUTH_TOKEN",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
 ]
 
 STANDIN = """#!{python}
@@ -159,7 +161,7 @@ def test_claude_code_max_turns_exits_nonzero(tmp_path, worker_env):
     outcome, _ = run_agent(tmp_path, worker_env, mode="max_turns", preset="claude-code")
     assert (outcome.ok, outcome.stop_reason, outcome.exit_code) == (False, "max_turns", 1)
     assert outcome.final_message == "Reached maximum number of turns"
-    assert outcome.error == "agent command exited 1: error_max_turns: Reached maximum number of turns"
+    assert outcome.error == "agent command exited 1: max_turns: Reached maximum number of turns"
     assert outcome.usage.output_tokens == 340
 
 
@@ -206,6 +208,25 @@ def test_aider_preset(tmp_path, worker_env):
     assert outcome.usage.cost_usd == 0.0
 
 
+def test_claude_code_gets_a_bearer_token_and_stays_off_its_vendors_other_hosts(
+    tmp_path, worker_env, monkeypatch
+):
+    monkeypatch.setenv("ANTHROPIC_AUTH_TOKEN", "bearer-passed")
+    outcome, wt = run_agent(tmp_path, worker_env, preset="claude-code")
+    got = seen(wt, "claude")
+    assert got["env"]["ANTHROPIC_AUTH_TOKEN"] == "bearer-passed"
+    assert got["env"]["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+
+
+def test_codex_gets_its_base_url_through_c(tmp_path, worker_env):
+    env = {**worker_env, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    _, wt = run_agent(tmp_path, env, preset="codex")
+    argv = seen(wt, "codex")["argv"]
+    assert argv[argv.index("-c") + 1] == "openai_base_url=http://127.0.0.1:9/v1"
+    _, wt = run_agent(tmp_path, worker_env, preset="codex")
+    assert "-c" not in seen(wt, "codex")["argv"]
+
+
 def test_no_model_means_no_model_flag(tmp_path, worker_env):
     outcome, wt = run_agent(tmp_path, worker_env, preset="claude-code")
     assert outcome.ok
@@ -231,7 +252,7 @@ def test_unknown_preset_at_run_time(tmp_path, worker_env):
 def test_the_packaged_presets():
     known = presets.load_presets()
     assert set(known) == {"claude-code", "codex", "aider"}
-    assert {p.output for p in known.values()} == {"claude_json", "codex_jsonl", "text"}
+    assert {p.output for p in known.values()} == {"claude_json", "codex_jsonl", "aider_text"}
     assert all(p.env_passthrough for p in known.values())
 
 

@@ -146,3 +146,41 @@ def test_main_refuses_a_log_it_cannot_write(tmp_path):
     done = subprocess.run([*cmd, "--log", bad_log], capture_output=True, text=True)
     assert done.returncode == 2
     assert "such.jsonl" in done.stderr.splitlines()[-1]
+
+
+def responses(url: str, body: dict) -> list[dict]:
+    """POST /v1/responses, as Codex CLI does, and the events of its stream."""
+    data = json.dumps({"model": "gpt-test", "stream": True, **body}).encode()
+    req = urllib.request.Request(f"{url}/v1/responses", data=data, method="POST")
+    with urllib.request.urlopen(req) as answer:
+        assert answer.headers["content-type"] == "text/event-stream"
+        text = answer.read().decode()
+    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+
+
+def test_responses_stream_for_codex(server):
+    server.script(
+        ScriptedReply(
+            text="Writing it.", tool_name="exec", tool_input={"input": "await tools.apply_patch('x')"}
+        ),
+        ScriptedReply(
+            tool_name="shell", tool_input={"command": ["ls"]}, input_tokens=100, cache_read_tokens=5000
+        ),
+    )
+    first = responses(server.url, {"input": []})
+    kinds = [e["type"] for e in first]
+    assert (kinds[0], kinds[-1]) == ("response.created", "response.completed")
+    assert "".join(e["delta"] for e in first if e["type"] == "response.output_text.delta") == "Writing it."
+    message, call = first[-1]["response"]["output"]
+    assert message["content"][0]["text"] == "Writing it."
+    assert (call["type"], call["name"], call["input"]) == (
+        "custom_tool_call",
+        "exec",
+        "await tools.apply_patch('x')",
+    )
+    second = responses(server.url, {"input": []})
+    (call,) = second[-1]["response"]["output"]
+    assert (call["type"], json.loads(call["arguments"])) == ("function_call", {"command": ["ls"]})
+    usage = second[-1]["response"]["usage"]
+    # As the Responses API counts them: cached input inside input_tokens.
+    assert (usage["input_tokens"], usage["input_tokens_details"]["cached_tokens"]) == (5100, 5000)
