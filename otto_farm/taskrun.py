@@ -249,7 +249,7 @@ def _setup(
 FINAL_CODES = frozenset({"agent_timeout", "agent_api_error", "agent_cannot_run", "budget_spent"})
 
 
-def _failure_code(outcome: AgentOutcome) -> str:
+def failure_code(outcome: AgentOutcome) -> str:
     if outcome.stop_reason == "timeout":
         return "agent_timeout"
     if outcome.stop_reason == "budget":
@@ -319,7 +319,7 @@ def _attempts(
         job.usage = job.usage + outcome.usage
         if not outcome.ok:
             timed_out = outcome.stop_reason == "timeout"
-            code = attempt.error_code = _failure_code(outcome)
+            code = attempt.error_code = failure_code(outcome)
             result.status = TaskStatus.timeout if timed_out else TaskStatus.error
             result.error_code, result.error = code, outcome.error
             failure = redact.redactor().clean(f"The agent run failed: {outcome.error}")

@@ -14,6 +14,7 @@ from otto_farm.agents.base import AgentRequest
 from otto_farm.agents.command import CommandAgent
 from otto_farm.agents.presets import ParsedOutput
 from otto_farm.models import AgentConfig
+from otto_farm.taskrun import failure_code
 
 from conftest import unsandboxed
 
@@ -145,3 +146,5 @@ def test_the_command_agent_reports_the_captured_failure(
     assert outcome.error is not None and (
         "api_error 400" in outcome.error or "max_reflections" in outcome.error
     )
+    # An API error is the API's, not the agent's: the job ends there instead of trying again.
+    assert failure_code(outcome) == ("agent_api_error" if stop_reason == "api_error" else "agent_error")

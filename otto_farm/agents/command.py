@@ -123,6 +123,7 @@ def _outcome(res: shell.ShellResult, parsed: ParsedOutput | None, timeout_s: flo
         output=shell.tail(res.output, OUTPUT_CHARS)
         + (f"\n[stderr]\n{shell.tail(res.stderr, OUTPUT_CHARS)}" if res.stderr else ""),
         usage=parsed.usage if parsed else Usage(),  # a failed run's tokens were spent all the same
+        infrastructure=parsed is not None and parsed.infrastructure,  # the CLI met an API error
     )
     if res.stopped:
         return replace(done, ok=False, stop_reason="cancelled", error="run cancelled")
