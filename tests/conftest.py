@@ -35,6 +35,17 @@ RUN_TIMEOUT_S = 90
 LLM_ENV: dict[str, str] = {}  # filled by the `llm` fixture: workers reach only the scripted server
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_state_dir() -> Iterator[None]:
+    """No test reaches the user's own farm, in their XDG state dir: the session has its own."""
+    with (
+        tempfile.TemporaryDirectory(prefix="ottofarm-xdg-", ignore_cleanup_errors=True) as state,
+        pytest.MonkeyPatch.context() as env,
+    ):
+        env.setenv("XDG_STATE_HOME", state)
+        yield
+
+
 @pytest.fixture(scope="session")
 def settings() -> Iterator[Settings]:
     """Settings pointing at a real Redis that lives for the session."""

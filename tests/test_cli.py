@@ -18,14 +18,24 @@ from otto_farm.gitops import git
 from conftest import LLM_ENV, branch_files
 
 
+def farm_home(cwd: Path) -> Path:
+    """The embedded farm's state dir of a command run in `cwd` by `otto`: each test's own."""
+    return cwd / ".state" / "otto-farm"
+
+
+def cli_env(cwd: Path, env: dict[str, str] | None) -> dict[str, str]:
+    """The environment `otto` runs in: no farm settings or keys from outside, the default home per test."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTTO_FARM_", "ANTHROPIC_"))}
+    return {**clean, **LLM_ENV, "COLUMNS": "200", "XDG_STATE_HOME": str(cwd / ".state"), **(env or {})}
+
+
 def otto(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTTO_FARM_", "ANTHROPIC_"))}
     return subprocess.run(
         [sys.executable, "-m", "otto_farm", *args],
         cwd=cwd,
-        env={**clean, **LLM_ENV, "COLUMNS": "200", **(env or {})},
+        env=cli_env(cwd, env),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -115,7 +125,7 @@ def test_demo_runs_the_quickstart_on_the_embedded_redis(tmp_path, llm):
         "docs/usage.md",
     ):
         assert name in files
-    assert not (tmp_path / ".otto-farm" / "redis.sock").exists()  # its own farm is stopped again
+    assert not (farm_home(tmp_path) / "redis.sock").exists()  # its own farm is stopped again
 
 
 def test_up_submit_no_wait_status_watch_down(make_repo, write_taskset, tmp_path, llm):
@@ -136,13 +146,13 @@ def test_up_submit_no_wait_status_watch_down(make_repo, write_taskset, tmp_path,
         run_id = proc.stdout.split()[1].rstrip(":")
         watch = otto("status", run_id, "--watch", cwd=tmp_path)
         assert watch.returncode == 0 and "passed" in watch.stdout
-        os.killpg(int((tmp_path / ".otto-farm" / "workers.pid").read_text()), signal.SIGKILL)
+        os.killpg(int((farm_home(tmp_path) / "workers.pid").read_text()), signal.SIGKILL)
         time.sleep(0.5)
         orphaned = otto("submit", str(path), cwd=tmp_path)
         assert orphaned.returncode == 3 and "workers are not" in orphaned.stderr
     finally:
         assert otto("down", cwd=tmp_path).returncode == 0
-    assert not (tmp_path / ".otto-farm" / "redis.sock").exists()
+    assert not (farm_home(tmp_path) / "redis.sock").exists()
 
 
 def test_demo_with_the_anthropic_agent_says_what_it_needs(tmp_path):

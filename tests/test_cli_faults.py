@@ -11,9 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_cli import otto
+from test_cli import cli_env, farm_home, otto
 
-from conftest import LLM_ENV, wait_for
+from conftest import wait_for
 
 # Short leases and frequent sweeps: a killed worker's job goes again within seconds.
 FAST = {"OTTO_FARM_LEASE_S": "3", "OTTO_FARM_SWEEP_S": "1"}
@@ -21,11 +21,10 @@ FAST = {"OTTO_FARM_LEASE_S": "3", "OTTO_FARM_SWEEP_S": "1"}
 
 def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """`otto-farm ARGS` in the background, as `otto` runs it in the foreground."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTTO_FARM_", "ANTHROPIC_"))}
     return subprocess.Popen(
         [sys.executable, "-m", "otto_farm", *args],
         cwd=cwd,
-        env={**clean, **LLM_ENV, "COLUMNS": "200", **(env or {})},
+        env=cli_env(cwd, env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -60,12 +59,12 @@ def test_two_submits_at_once_share_the_embedded_farm(make_repo, write_taskset, t
     first = write_taskset(tasks(repo, ["a"], "touch a.txt"), name="one.yaml")
     second = write_taskset(tasks(repo, ["b"], "sleep 6; touch b.txt"), name="two.yaml")
     procs = [start("submit", str(first), cwd=tmp_path)]
-    wait_for(lambda: (tmp_path / ".otto-farm" / "redis.sock").exists())  # the second joins a starting farm
+    wait_for(lambda: (farm_home(tmp_path) / "redis.sock").exists())  # the second joins a starting farm
     procs.append(start("submit", str(second), cwd=tmp_path))
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, out + err
-    assert not (tmp_path / ".otto-farm" / "redis.sock").exists()  # the last to leave stopped it
+    assert not (farm_home(tmp_path) / "redis.sock").exists()  # the last to leave stopped it
 
 
 def test_ctrl_c_cancels_a_run_on_the_submits_own_farm(make_repo, write_taskset, tmp_path, llm):
@@ -78,7 +77,7 @@ def test_ctrl_c_cancels_a_run_on_the_submits_own_farm(make_repo, write_taskset, 
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert err.strip() == f"otto-farm: interrupted; cancelling run {run_id} (Ctrl-C again to exit now)"
-    assert not (tmp_path / ".otto-farm" / "redis.sock").exists()
+    assert not (farm_home(tmp_path) / "redis.sock").exists()
     assert status(run_id, tmp_path) == "cancelled"
 
 
@@ -94,7 +93,7 @@ def test_a_second_ctrl_c_exits_at_once_and_down_stops_what_is_left(make_repo, wr
     _, err = proc.communicate(timeout=10)
     assert proc.returncode == 130 and "exiting now" in err
     assert otto("down", "--force", cwd=tmp_path).returncode == 0
-    assert not (tmp_path / ".otto-farm" / "redis.sock").exists()
+    assert not (farm_home(tmp_path) / "redis.sock").exists()
 
 
 def test_ctrl_c_leaves_a_run_on_up_going_and_down_asks_for_force(make_repo, write_taskset, tmp_path, llm):
@@ -140,7 +139,7 @@ def test_resume_sends_nothing_started_or_queued_and_needs_a_worker(make_repo, wr
     log = tmp_path / "agents.log"
     agent = f"echo $OTTO_FARM_TASK_KEY >> {log}; sleep 4; touch x"
     path = write_taskset(tasks(make_repo(), ["a", "b"], agent))
-    home = tmp_path / ".otto-farm"
+    home = farm_home(tmp_path)
     assert otto("up", "--workers", "1", cwd=tmp_path, env=FAST).returncode == 0
     try:
         run_id = otto("submit", str(path), "--no-wait", cwd=tmp_path).stdout.split()[1].rstrip(":")

@@ -15,12 +15,27 @@ def clean_env(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
 
 
-def test_no_broker_means_the_embedded_default(tmp_path):
+def test_no_broker_means_the_embedded_default_in_the_users_state_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     s = Settings.load()
-    assert s.embedded and s.home == tmp_path / ".otto-farm"
+    assert s.embedded and s.home == tmp_path / "state" / "otto-farm"  # whatever the current directory
     e = s.with_embedded()
-    assert e.broker_url == f"redis+socket://{tmp_path}/.otto-farm/redis.sock"
-    assert e.resolved_store_url == f"unix://{tmp_path}/.otto-farm/redis.sock"
+    assert e.broker_url == f"redis+socket://{tmp_path}/state/otto-farm/redis.sock"
+    assert e.resolved_store_url == f"unix://{tmp_path}/state/otto-farm/redis.sock"
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/state")  # XDG: ignored, as if unset
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    assert Settings.load().home == tmp_path / "user" / ".local" / "state" / "otto-farm"
+
+
+def test_a_home_too_long_for_a_socket_puts_it_in_the_runtime_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    home = tmp_path / ("h" * 120)
+    s = Settings(home=home)
+    assert s.socket_path.parent == tmp_path and len(str(s.socket_path)) < 100
+    assert (
+        Settings(home=home).socket_path == s.socket_path != Settings(home=tmp_path / ("k" * 120)).socket_path
+    )
+    assert s.socket_path in s.hidden_paths()  # out of the home, still hidden from task commands
 
 
 def test_config_file_then_environment(tmp_path, monkeypatch):

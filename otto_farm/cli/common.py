@@ -18,7 +18,7 @@ from rich.table import Table
 
 from otto_farm import celery_app, shell
 from otto_farm.embedded import session
-from otto_farm.errors import OttoFarmError
+from otto_farm.errors import InputError, OttoFarmError
 from otto_farm.models import FAILED_STATUSES, GateState, RunRecord, TaskState, TaskStatus, Usage
 from otto_farm.settings import Settings
 from otto_farm.store import Store
@@ -29,6 +29,10 @@ err_console = Console(stderr=True, highlight=False)
 UNBOUNDED = 1_000_000  # columns: a piped table's width is its own
 
 RunId = Annotated[str, typer.Argument(help="Run id (see `otto-farm runs`).")]
+LatestRunId = Annotated[
+    str | None,
+    typer.Argument(help="Run id (see `otto-farm runs`); default: the latest run.", show_default=False),
+]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Workers = Annotated[
     int, typer.Option("--workers", "-w", min=1, help="Local worker processes (embedded default).")
@@ -65,12 +69,30 @@ def exits_cleanly(fn: F) -> F:
 
 @contextmanager
 def connected(workers: int = 0) -> Iterator[tuple[Store, Any]]:
-    """A store (and a configured Celery app) on the configured broker or the embedded one."""
-    with session(Settings.load(), workers) as (settings, proc):
+    """A store (and a configured Celery app) on the configured broker or the embedded one.
+
+    Only a command that brings workers (submit) makes a farm: the others never create its state dir.
+    """
+    settings = Settings.load()
+    if settings.embedded and not workers and not settings.home.is_dir():
+        raise InputError(
+            "OTTO_FARM_HOME", str(settings.home), "no farm here yet: `otto-farm up` or `submit` starts one"
+        )
+    with session(settings, workers) as (settings, proc):
         celery_app.configure(settings)
         store = Store.from_url(settings.resolved_store_url)
         store.ping()
         yield store, proc
+
+
+def run_or_latest(store: Store, run_id: str | None) -> str:
+    """The run named, or the most recently started one."""
+    if run_id:
+        return run_id
+    latest = store.run_ids(1)
+    if not latest:
+        raise InputError("RUN", "", "no runs yet on this farm")
+    return latest[0]
 
 
 def short(sha: str | None) -> str:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from otto_farm import livelog
-from otto_farm.cli.common import RunId, connected, console, exits_cleanly
+from otto_farm.cli.common import connected, console, exits_cleanly, run_or_latest
 from otto_farm.errors import InputError
 from otto_farm.models import Attempt, LiveChunk, RunStatus, TaskStatus
 from otto_farm.store import Store
@@ -19,15 +19,23 @@ FOLLOW_BLOCK_MS = 1000  # between looks at whether the job has ended
 
 @exits_cleanly
 def logs(
-    run_id: RunId,
-    task: Annotated[str, typer.Argument(help="Task key.")],
+    run_task: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="[RUN] TASK", help="The run (default: the latest) and the task's key.", show_default=False
+        ),
+    ],
     attempt: Annotated[int | None, typer.Option(help="Only this attempt (of every run).")] = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Follow its running job's output until the job ends.")
     ] = False,
 ) -> None:
     """Agent output and verify output of every attempt of one task."""
+    if len(run_task) > 2:
+        raise InputError("logs", " ".join(run_task), "takes a run and a task, or a task of the latest run")
+    *named, task = run_task
     with connected() as (store, _):
+        run_id = run_or_latest(store, named[0] if named else None)
         record = store.get(run_id, tasks=())
         state = record.tasks.get(task)
         if state is None:

@@ -12,12 +12,13 @@ from rich.live import Live
 
 from otto_farm.cli.common import (
     JsonOut,
-    RunId,
+    LatestRunId,
     cause_lines,
     connected,
     console,
     exits_cleanly,
     print_run,
+    run_or_latest,
     state_line,
     summary_line,
     task_table,
@@ -29,14 +30,14 @@ from otto_farm.store import Store
 
 @exits_cleanly
 def status(
-    run_id: RunId,
+    run_id: LatestRunId = None,
     json_out: JsonOut = False,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh until the run ends.")] = False,
     pilot: Annotated[bool, typer.Option("--pilot", help="Show the pilot's decisions.")] = False,
 ) -> None:
-    """Every task of a run: batch, status, attempts, runs, branch, sha, duration."""
+    """Every task of a run (default: the latest): batch, status, attempts, runs, branch, sha, duration."""
     with connected() as (store, _):
-        record = store.get(run_id)
+        record = store.get(run_or_latest(store, run_id))
         if json_out:
             write_json(record.model_dump_json(indent=2))
             return
@@ -56,7 +57,7 @@ def status(
                 if record.status is not RunStatus.running:
                     return
                 time.sleep(1)
-                record = store.get(run_id)
+                record = store.get(record.run_id)
 
 
 def watch_lines(store: Store, record: RunRecord) -> RunRecord:
@@ -100,4 +101,7 @@ def print_pilot(record: RunRecord) -> None:
             after = ", ".join(task.depends_on) or "nothing"
             line = f"  new task {task.key} (after {after}): {task.prompt.splitlines()[0]}"
             console.print(line, markup=False)
-        console.print(f"  batches: {' / '.join(', '.join(b) for b in d.batches) or 'none'}", markup=False)
+        later = f" (then {d.later_batches} more)" if d.later_batches else ""
+        console.print(
+            f"  batches: {' / '.join(', '.join(b) for b in d.batches) or 'none'}{later}", markup=False
+        )

@@ -46,6 +46,9 @@ def down(
 ) -> None:
     """Stop the embedded Redis and local workers; refused while runs are running, unless --force."""
     farm = _farm()
+    if not farm.home.is_dir():  # nothing to stop, and no state dir to make
+        console.print(f"no farm under {farm.home}")
+        return
     with farm.locked():
         running = _running_runs(farm) if farm.redis_up() else []
         if running and not force:
