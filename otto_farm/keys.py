@@ -55,6 +55,16 @@ def taskset_key(run_id: str) -> str:
     return f"{PREFIX}:run:{run_id}:taskset"
 
 
+def tasks_key(run_id: str) -> str:
+    """Hash of the run's task states (TaskState without results), field: the task key (runparts.py)."""
+    return f"{PREFIX}:run:{run_id}:tasks"
+
+
+def batches_key(run_id: str) -> str:
+    """Hash of the run's batches (BatchRecord), field: the batch index (runparts.py)."""
+    return f"{PREFIX}:run:{run_id}:batches"
+
+
 def results_key(run_id: str) -> str:
     """Hash of the run's TaskResults, field `<task>#<run_no>`; expires after its last write."""
     return f"{PREFIX}:run:{run_id}:results"

@@ -1,11 +1,12 @@
 """Run state in Redis: a run record per run, its task results and transcripts beside it, and events.
 
-A record is stored in parts, so that each write costs what changed rather than the whole run:
-the task set (written once), the usage counters (HINCRBY), the rest of the record (updated atomically
-with WATCH/MULTI), each TaskResult in the run's results hash, each attempt's transcript in the
-transcripts hash. A job stores its result without touching the record: until its batch's callback
-folds it into the task's state, a task's status is read from the result (`fill_results`). Results
-and transcripts are logs: their hashes expire `LOG_TTL_S` after their last write.
+A record is stored in parts, so that each write costs what changed rather than the whole run: the task
+set (written once), the usage counters (HINCRBY), the head, task states and batches (runparts.py;
+updated atomically with WATCH/MULTI, each write only the parts that changed), each TaskResult in the
+run's results hash, each attempt's transcript in the transcripts hash. A job stores its result without
+touching the record: until its batch's callback folds it into the task's state, a task's status is
+read from the result (`fill_results`). Results and transcripts are logs: their hashes expire
+`LOG_TTL_S` after their last write.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import secrets
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
 
-from otto_farm import keys, lease, redact, shell
+from otto_farm import keys, lease, redact, runparts, shell
 from otto_farm.errors import Busy, InfrastructureError, InputError
 from otto_farm.models import (
     BatchRecord,
@@ -41,8 +41,6 @@ CANCEL_TTL_S = 7 * 24 * 3600  # long after any job of the run could still be run
 LOG_TTL_S = 14 * 24 * 3600
 LOCK_WAIT_S = 600.0  # a callback waits this long for another's merge before leaving the batch to the sweep
 TASKSET_CACHE = 64  # task sets kept parsed per process: a run's never changes
-# What the run key holds: the record without its task set and results, which have keys of their own.
-_HEAD_ONLY: Any = {"taskset": True, "usage": True, "tasks": {"__all__": {"results", "started_at"}}}
 # add_result in one round trip: the first result of a run is kept, counted and announced; a later one
 # gets the kept one back. KEYS: results, usage, events. ARGV: field, result, ttl, events maxlen, the
 # number of counters, counter/amount pairs, then the event's field/value pairs.
@@ -94,13 +92,6 @@ def _field(key: str, run_no: int, attempt: int | str | None = None) -> str:
     return f"{key}#{run_no}" if attempt is None else f"{key}#{run_no}#{attempt}"
 
 
-def _head(run_id: str, raw: str | None) -> dict[str, Any]:
-    """The run key's JSON, read: the record without its task set, results and usage."""
-    if raw is None:
-        raise InputError("run", run_id, "no such run")
-    return cast(dict[str, Any], json.loads(raw))
-
-
 def _event(kind: str, fields: dict[str, Any]) -> dict[str, str]:
     entry = {"kind": kind, "ts": f"{time.time():.3f}"}
     entry.update({k: str(v) for k, v in fields.items() if v is not None})
@@ -112,21 +103,6 @@ def _redacted(result: TaskResult) -> TaskResult:
     data = result.model_dump(mode="json")
     clean = redact.redactor().data(data, keep=_IDS)
     return result if clean == data else TaskResult.model_validate(clean)
-
-
-@dataclass
-class JobView:
-    """What a job reads of its run: the run's fixed parts, its batch, and its task's state with the
-    results of its runs so far. A slice of the record, so a job's read does not grow with the run."""
-
-    run_id: str
-    repo: str
-    taskset_dir: str
-    taskset: TaskSet
-    learnings: list[str]
-    batch: BatchRecord
-    state: TaskState
-    cancelled: bool
 
 
 class Store:
@@ -148,12 +124,13 @@ class Store:
             raise InfrastructureError(f"run store unreachable: {exc}") from exc
 
     def create(self, record: RunRecord) -> None:
-        # The task set first: a reader that finds the record finds its task set too.
-        self.redis.set(keys.taskset_key(record.run_id), record.taskset.model_dump_json())
-        if not self.redis.set(
-            keys.run_key(record.run_id), record.model_dump_json(exclude=_HEAD_ONLY), nx=True
-        ):
+        if self.redis.exists(keys.run_key(record.run_id)):
             raise InfrastructureError(f"run {record.run_id} exists already")
+        # The head last: a reader that finds it finds the task set and the other parts too.
+        with self.redis.pipeline() as pipe:
+            pipe.set(keys.taskset_key(record.run_id), record.taskset.model_dump_json())
+            runparts.write(pipe, record.run_id, runparts.split(record))
+            pipe.execute()
         self.redis.zadd(keys.runs_index_key(), {record.run_id: record.created_at.timestamp()})
         self.redis.sadd(keys.active_runs_key(), record.run_id)
         self.emit(record.run_id, "run_started", total=len(record.tasks))
@@ -162,29 +139,38 @@ class Store:
         """The run record, with the results of `tasks` (default: every task's)."""
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(keys.run_key(run_id))
+            pipe.hgetall(keys.tasks_key(run_id))
+            pipe.hgetall(keys.batches_key(run_id))
             pipe.hgetall(keys.usage_key(run_id))
-            raw, usage = pipe.execute()
-        record = self._parse(run_id, raw, usage)
+            raw, states, batches, usage = pipe.execute()
+        record = self._join(run_id, runparts.Parts(raw, states, batches), usage)
         self.fill_results(record, record.tasks if tasks is None else tasks)
         return record
 
-    def job_view(self, run_id: str, key: str, run_no: int, batch: int) -> JobView:
-        """What run `run_no` of task `key` in batch `batch` needs to know, in one round trip."""
+    def job_view(self, run_id: str, key: str, run_no: int, batch: int) -> runparts.JobView:
+        """What run `run_no` of task `key` in batch `batch` needs to know, in one round trip: the head,
+        its task's state and results, and its batch."""
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(keys.run_key(run_id))
+            pipe.hget(keys.tasks_key(run_id), key)
+            pipe.hget(keys.batches_key(run_id), str(batch))
             pipe.hmget(keys.results_key(run_id), [_field(key, n) for n in range(1, run_no + 1)])
             pipe.exists(keys.cancel_key(run_id))
-            raw, results, cancelled = pipe.execute()
-        head = _head(run_id, raw)
-        state = TaskState.model_validate(head["tasks"][key])
+            raw, raw_state, raw_batch, results, cancelled = pipe.execute()
+        head = runparts.head(run_id, raw)
+        if "tasks" in head:  # stored whole by an earlier version
+            raw_state, raw_batch = json.dumps(head["tasks"][key]), json.dumps(head["batches"][batch])
+        if raw_state is None or raw_batch is None:
+            raise InputError("run", run_id, f"no task {key} in batch {batch + 1}")
+        state = TaskState.model_validate_json(raw_state)
         state.results = [TaskResult.model_validate_json(r) for r in results if r is not None]
-        return JobView(
+        return runparts.JobView(
             run_id=run_id,
             repo=head["repo"],
             taskset_dir=head["taskset_dir"],
             taskset=self._run_taskset(run_id, head),
             learnings=head["learnings"],
-            batch=BatchRecord.model_validate(head["batches"][batch]),
+            batch=BatchRecord.model_validate_json(raw_batch),
             state=state,
             cancelled=bool(cancelled),
         )
@@ -219,9 +205,9 @@ class Store:
                 state.status, state.reason, state.started_at = current.status, current.error, None
                 state.error_code = current.error_code
 
-    def _parse(self, run_id: str, raw: str | None, usage: dict[str, str]) -> RunRecord:
-        head = _head(run_id, raw)
-        return RunRecord.model_validate({**head, "taskset": self._run_taskset(run_id, head), "usage": usage})
+    def _join(self, run_id: str, parts: runparts.Parts, usage: dict[str, str]) -> RunRecord:
+        taskset = self._run_taskset(run_id, runparts.head(run_id, parts.head))
+        return runparts.join(parts, run_id, taskset, usage)
 
     def _run_taskset(self, run_id: str, head: dict[str, Any]) -> TaskSet:
         """The task set as the run sees it: the stored one and the tasks the pilot added (in the head)."""
@@ -250,16 +236,19 @@ class Store:
         results (they are stored apart, by `add_result`), and neither does the record returned. The
         run's usage is counted apart: `usage` is added to it in the same transaction.
         """
-        key, usage_key = keys.run_key(run_id), keys.usage_key(run_id)
+        names = [keys.run_key(run_id), keys.tasks_key(run_id), keys.batches_key(run_id)]
+        usage_key = keys.usage_key(run_id)
         while True:
             with self.redis.pipeline() as pipe:
                 try:
-                    pipe.watch(key, usage_key)
-                    raw = cast(str | None, pipe.get(key))
-                    record = self._parse(run_id, raw, cast(dict[str, str], pipe.hgetall(usage_key)))
+                    pipe.watch(*names, usage_key)
+                    raw = cast(str | None, pipe.get(names[0]))
+                    tasks, batches = (cast(dict[str, str], pipe.hgetall(name)) for name in names[1:])
+                    before = runparts.Parts(raw, tasks, batches)
+                    record = self._join(run_id, before, cast(dict[str, str], pipe.hgetall(usage_key)))
                     change(record)
                     pipe.multi()
-                    pipe.set(key, record.model_dump_json(exclude=_HEAD_ONLY))
+                    runparts.write(pipe, run_id, runparts.split(record), before)
                     if usage is not None:
                         _count(pipe, usage_key, usage)
                     pipe.execute()

@@ -22,8 +22,9 @@ from otto_farm.livelog import LiveLog
 from otto_farm.meter import Meter
 from otto_farm.models import Attempt, Limits, TaskResult, TaskStatus, Usage
 from otto_farm.resources import data_dir
+from otto_farm.runparts import JobView
 from otto_farm.sandbox import Command, Sandbox, SandboxUnavailable, Walls
-from otto_farm.store import JobView, Store
+from otto_farm.store import Store
 
 ATTEMPT_OUTPUT_CHARS = 8_000
 Progress = Callable[[str, int], None]

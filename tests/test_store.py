@@ -33,8 +33,10 @@ def test_the_run_key_holds_neither_the_task_set_nor_results(store):
     record = stored_record(store)
     store.add_result(result(record, "t0"))
     head = json.loads(store.redis.get(keys.run_key(record.run_id)))
-    assert "taskset" not in head and all("results" not in t for t in head["tasks"].values())
-    assert head["tasks"]["t0"]["status"] == "running"  # the batch callback folds the result in
+    assert not {"taskset", "tasks", "batches", "usage"} & set(head)  # each has a key of its own
+    states = {k: json.loads(v) for k, v in store.redis.hgetall(keys.tasks_key(record.run_id)).items()}
+    assert sorted(states) == ["t0", "t1", "t2"] and all("results" not in t for t in states.values())
+    assert states["t0"]["status"] == "running"  # the batch callback folds the result in
     again = Store(store.redis).get(record.run_id)  # a fresh process: the task set read from its key
     assert again.taskset == record.taskset
     assert [r.task_key for r in again.tasks["t0"].results] == ["t0"]
@@ -42,6 +44,49 @@ def test_the_run_key_holds_neither_the_task_set_nor_results(store):
     assert again.usage == Usage(input_tokens=10, cost_usd=0.25)
     assert 0 < store.redis.ttl(keys.results_key(record.run_id)) <= LOG_TTL_S
     assert store.get(record.run_id, tasks=()).tasks["t0"].results == []
+
+
+def test_an_update_writes_only_the_parts_it_changed(store):
+    """Guards the record in parts (issue 17): a boundary that moves one task and adds a batch writes
+    that task and that batch, not the run (seen on the wire, with MONITOR); the states keep the task
+    set's order when read back."""
+    record = stored_record(store, n=50)
+
+    def change(r: RunRecord) -> None:
+        r.tasks["t3"].status = TaskStatus.passed
+        r.batches.append(BatchRecord(index=0, tasks=["t3"], base_ref="main", base_sha="0" * 40))
+
+    with store.redis.monitor() as monitor:
+        after = store.update(record.run_id, change)
+        sent: list[str] = []
+        while not (sent and sent[-1].upper() == "EXEC"):
+            sent.append(monitor.next_command()["command"])
+    writes = [c.split(" ", 3)[:3] for c in sent if c.upper().startswith(("HSET", "SET"))]
+    assert writes == [
+        ["HSET", keys.tasks_key(record.run_id), "t3"],
+        ["HSET", keys.batches_key(record.run_id), "0"],
+    ]  # not the head (unchanged), nor the 49 other tasks
+    again = store.get(record.run_id)
+    assert list(again.tasks) == [f"t{i}" for i in range(50)] and again.batches == after.batches
+    assert again.tasks["t3"].status is TaskStatus.passed
+    assert store.job_view(record.run_id, "t3", 1, 0).batch.tasks == ["t3"]
+
+
+def test_a_run_stored_whole_by_an_earlier_version_is_read_and_split_at_its_next_update(store):
+    record = make_record([{"key": f"t{i}", "prompt": "p"} for i in range(3)], {})
+    record.run_id = new_run_id()
+    record.batches.append(BatchRecord(index=0, tasks=["t1"], base_ref="main", base_sha="0" * 40))
+    whole = record.model_dump_json(
+        exclude={"taskset": True, "usage": True, "tasks": {"__all__": {"results"}}}
+    )
+    store.redis.set(keys.taskset_key(record.run_id), record.taskset.model_dump_json())
+    store.redis.set(keys.run_key(record.run_id), whole)  # the layout before the record was in parts
+    assert list(store.get(record.run_id).tasks) == ["t0", "t1", "t2"]
+    assert store.job_view(record.run_id, "t1", 1, 0).batch.tasks == ["t1"]
+    store.update(record.run_id, lambda r: setattr(r.tasks["t2"], "status", TaskStatus.skipped))
+    assert "tasks" not in json.loads(store.redis.get(keys.run_key(record.run_id)))
+    assert store.redis.hlen(keys.tasks_key(record.run_id)) == 3
+    assert store.get(record.run_id).tasks["t2"].status is TaskStatus.skipped
 
 
 def test_the_first_result_of_a_run_wins(store):
