@@ -266,7 +266,9 @@ def apply_pilot(
 def _conclude(record: RunRecord, index: int, decision: Decision) -> None:
     """Apply the batch's decision, close the batch, and open the next one (or end the run)."""
     batch = record.batches[index]
-    batch.decision = decision
+    batch.decision = decision.kept()
+    if batch.pilot is not None and batch.pilot.applied is not None:
+        batch.pilot.applied = batch.pilot.applied.kept()
     record.add_tasks(decision.new_tasks)  # first: the skips and batches below may name them
     for key, guidance in decision.retry.items():
         state = record.tasks[key]
@@ -304,7 +306,7 @@ def _advance(store: Store, record: RunRecord, index: int) -> None:
             source=decision.source,
             retry=",".join(decision.retry),
             skip=",".join(decision.skip),
-            batches=len(decision.batches),
+            batches=len(decision.batches) + decision.later_batches,
         )
     if record.status is RunStatus.running:
         _send_next(store, record)

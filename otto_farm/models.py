@@ -284,6 +284,13 @@ class Decision(BaseModel):
     learnings: list[str] = Field(default_factory=list)  # for every later task's prompt
     new_tasks: list[TaskSpec] = Field(default_factory=list)  # fix tasks the pilot adds to the run
     batches: list[list[str]] = Field(default_factory=list)
+    later_batches: int = 0  # as kept in the record: how many batches followed the first (`kept`)
+
+    def kept(self) -> Decision:
+        """The decision as the run record keeps it: its first batch and a count of the rest. The rest
+        is the run's plan; a copy in each batch's decision would grow with tasks × batches."""
+        later = self.later_batches + max(len(self.batches) - 1, 0)
+        return self.model_copy(update={"batches": self.batches[:1], "later_batches": later})
 
 
 class PilotAnswer(BaseModel):

@@ -184,3 +184,16 @@ def test_batch_with_nothing_to_merge_leaves_the_integration_branch_where_it_was(
     assert second.merged_sha == first.merged_sha == record.integration_sha
     assert git(["rev-parse", record.integration_branch], cwd=repo).strip() == first.merged_sha
     assert record.tasks["c"].status is TaskStatus.skipped
+
+
+def test_a_batch_decision_keeps_its_next_batch_not_the_whole_plan(make_repo, write_taskset, run_taskset):
+    """Guards the record's size (issue 17): each batch's decision keeps the next batch and a count of
+    the rest; the plan is kept once, so the record does not grow with tasks × batches."""
+    chain = [{"key": f"t{i}", "prompt": "p", "depends_on": [f"t{i - 1}"] if i else []} for i in range(4)]
+    path = write_taskset(
+        {"repo": str(make_repo()), "verify": "true", "agent": {"command": "true"}, "tasks": chain}
+    )
+    record = run_taskset(path)
+    assert record.status is RunStatus.passed
+    kept = [(b.decision.batches, b.decision.later_batches) for b in record.batches if b.decision]
+    assert kept == [([["t1"]], 2), ([["t2"]], 1), ([["t3"]], 0), ([], 0)]
