@@ -1,4 +1,5 @@
-"""Recovery: what the sweep does for a run left waiting by lost work, and what `otto-farm resume` sends."""
+"""Recovery: what the sweep does for a run left waiting by lost work, what `otto-farm resume` sends, and
+`otto-farm retry`: one task of an ended run run again."""
 
 from __future__ import annotations
 
@@ -7,12 +8,21 @@ from pathlib import Path
 
 from celery import Signature
 
-from otto_farm import chords, gate, lease, pilot, taskrun
+from otto_farm import chords, gate, keys, lease, pilot, taskrun
 from otto_farm.celery_app import CONTROL_QUEUE, PILOT_QUEUE, TASKS_QUEUE
 from otto_farm.coordinator import apply_pilot, dispatch_next, finish_batch, stored
 from otto_farm.errors import Busy, InfrastructureError, InputError
 from otto_farm.gating import finish_gate
-from otto_farm.models import BatchStatus, GateCheck, PilotAnswer, RunRecord, RunStatus
+from otto_farm.models import (
+    FAILED_STATUSES,
+    BatchStatus,
+    GateCheck,
+    PilotAnswer,
+    RunRecord,
+    RunStatus,
+    TaskStatus,
+)
+from otto_farm.plan import retry_guidance
 from otto_farm.store import Store
 
 
@@ -179,3 +189,36 @@ def resume(
         [k for k in batch.tasks if stored(record, k)],
         lambda: chords.send_batch(record, batch),
     )
+
+
+RETRIABLE = frozenset({RunStatus.passed, RunStatus.failed, RunStatus.budget_exceeded})  # ended by a decision
+
+
+def retry(store: Store, run_id: str, key: str, feedback: str | None = None) -> RunRecord:
+    """Run one task of an ended run again, in a batch of its own on the integration branch.
+
+    `feedback` becomes its retry guidance (else a failed task gets the replan's). The run is running
+    again: the batch is sent, merged and decided on as any other (the sweep looks after it), and the run
+    ends after it as a run ends.
+    """
+
+    def change(record: RunRecord) -> None:
+        if record.status not in RETRIABLE:
+            raise InputError(
+                "run",
+                run_id,
+                f"is {record.status.value}: only a passed, failed or budget_exceeded run retries",
+            )
+        state = record.tasks.get(key)
+        if state is None:
+            raise InputError("task", key, f"not in run {run_id}")
+        failed = state.status in FAILED_STATUSES
+        state.guidance = feedback or (retry_guidance(record, key) if failed else None)
+        state.status, state.reason, state.error_code = TaskStatus.pending, None, None
+        record.status, record.finished_at, record.error = RunStatus.running, None, None
+        record.plan = [[key]]
+
+    record = store.update(run_id, change)
+    store.redis.sadd(keys.active_runs_key(), run_id)  # the sweep looks after running runs only
+    store.emit(run_id, "task_retried", task=key)
+    return dispatch_next(store, run_id, after=len(record.batches) - 1) or store.get(run_id)

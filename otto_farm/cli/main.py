@@ -21,6 +21,7 @@ COMMANDS = {
     "status": "status",
     "runs": "runs",
     "logs": "logs",
+    "retry": "retry",
     "cancel": "cancel",
     "resume": "resume",
     "prune": "prune",

@@ -167,9 +167,9 @@ def _exit_now(signum: int, frame: object) -> None:
     os._exit(130)
 
 
-def follow(store: Store, run_id: str, workers: object | None = None) -> RunRecord:
-    """Print the run's events as they come until it ends."""
-    last_id = "0"
+def follow(store: Store, run_id: str, workers: object | None = None, after: str = "0") -> RunRecord:
+    """Print the run's events after the id `after` as they come until it ends."""
+    last_id = after
     started: dict[str, float] = {}  # running tasks, when this command saw them start
     said = time.monotonic()
     while True:
