@@ -107,8 +107,10 @@ def finish_batch(
     index: int,
     results: list[dict[str, object]],
     wait_s: float = LOCK_WAIT_S,
+    reconciled: bool = False,
 ) -> None:
     """The chord callback's work: store results, merge passing branches, then decide what comes next.
+    `reconciled`: the sweep does it for a lost callback, and says so (`batch_reconciled`) if it does.
 
     With failures and the pilot on, the decision goes to a pilot job chained to `apply_pilot`; else the
     replan decides here. Serialised per run by a lease, and only a `running` batch is handled, so a
@@ -138,6 +140,8 @@ def finish_batch(
             # The sweep finishes the batch once every result is in.
             store.emit(run_id, "callback_early", batch=index)
             return
+        if reconciled:  # here, under the lock: a sweep that found the batch already finished says nothing
+            store.emit(run_id, "batch_reconciled", batch=index)
         candidates = [
             (k, taskrun.branch_name(run_id, k))
             for k in batch.tasks

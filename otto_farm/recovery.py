@@ -69,8 +69,7 @@ def _reconcile(store: Store, work_dir: Path, record: RunRecord) -> str | None:
     store.fill_results(record, batch.tasks)
     missing = [k for k in batch.tasks if not stored(record, k)]
     if not missing:
-        store.emit(run_id, "batch_reconciled", batch=batch.index)
-        finish_batch(store, work_dir, run_id, batch.index, [], wait_s=0)  # a no-op if the callback got there
+        finish_batch(store, work_dir, run_id, batch.index, [], wait_s=0, reconciled=True)  # no-op if done
         return f"finished batch {batch.index + 1}"
     lost = [
         (key, jid)
