@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 from functools import cache
 from typing import Any
 
 from celery import bootsteps, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
+from celery.worker.request import Request
 from redis.exceptions import RedisError
 
 from otto_farm import coordinator, gate, gating, keys, pilot, recovery, sandbox, taskrun
@@ -36,9 +38,32 @@ def _store() -> Store:
 # logs (up to tens of KiB a task) would travel again in the callback's message, the result backend and
 # Flower. A result the job could not store has none of them.
 CHORD_RESULT_EXCLUDE = {"attempts", "verify_tail", "diff_stat"}
+# The start of a run_task job's result as the worker reports it (a repr, cut at 1024 characters).
+_OUTCOME = re.compile(r"\{'status': '(?P<status>\w+)', 'error_code': (?:'(?P<code>\w+)'|None)")
 
 
-@app.task(name="otto_farm.run_task", bind=True)
+class RunTaskRequest(Request):  # type: ignore[misc]  # celery ships no types
+    """A run_task job in the worker: one whose task did not pass is reported to monitors as failed.
+
+    The job returns its task's failure as a result, so that the chord's callback runs (it runs only
+    after successes) and Celery records SUCCESS; Flower, which reads the worker's events, is sent
+    `task-failed` instead, with the task's status and error code as its exception.
+    """
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        found = _OUTCOME.match(str(fields.get("result", ""))) if type == "task-succeeded" else None
+        if found and found["status"] != "passed":
+            code = f" ({found['code']})" if found["code"] else ""
+            type = "task-failed"
+            fields = {
+                "exception": f"task {found['status']}{code}",
+                "traceback": "",
+                "runtime": fields.get("runtime"),
+            }
+        super().send_event(type, **fields)
+
+
+@app.task(name="otto_farm.run_task", bind=True, Request=RunTaskRequest)
 def run_task(self: Any, run_id: str, task_key: str, run_no: int, batch: int) -> dict[str, Any]:
     """Run one task once; the returned result carries its status, so the chord callback always runs."""
     store = _store()
@@ -78,7 +103,9 @@ def run_task(self: Any, run_id: str, task_key: str, run_no: int, batch: int) -> 
         result = taskrun.error_result(
             run_id, task_key, run_no, batch, worker, error_code="infrastructure", error=error
         )
-    return result.model_dump(mode="json", exclude=CHORD_RESULT_EXCLUDE)
+    out = result.model_dump(mode="json", exclude=CHORD_RESULT_EXCLUDE)
+    # The outcome first: Flower's result column starts with it, and RunTaskRequest reads it there.
+    return {"status": out["status"], "error_code": out["error_code"], **out}
 
 
 @app.task(name="otto_farm.gate", bind=True)
@@ -167,7 +194,8 @@ def apply_pilot(answer: dict[str, Any], run_id: str, batch: int) -> None:
     coordinator.apply_pilot(_store(), run_id, batch, PilotAnswer.model_validate(answer))
 
 
-@app.task(name="otto_farm.sweep")
+# No events: a sweep every sweep_s seconds would crowd out the runs' jobs in Flower.
+@app.task(name="otto_farm.sweep", send_events=False)
 def sweep() -> None:
     """Reconcile every active run (recovery.reconcile); one sweep at a time across control workers."""
     store = _store()
@@ -187,13 +215,16 @@ def sweep() -> None:
 
 def _send_sweep() -> None:
     try:
+        if not _store().active_runs():  # nothing to look after
+            return
         app.send_task("otto_farm.sweep", queue=CONTROL_QUEUE, expires=_settings().sweep_s)
     except Exception:  # the broker is away for now: the next tick tries again
         logger.exception("could not send a sweep")
 
 
 class Sweeper(bootsteps.StartStopStep):  # type: ignore[misc]  # celery ships no types
-    """In each worker that consumes the control queue, sends a sweep every `sweep_s` seconds.
+    """In each worker that consumes the control queue, sends a sweep every `sweep_s` seconds while
+    some run is active.
 
     A timer in the worker's own event loop rather than countdown messages: a countdown message sits
     unacked in the worker that fetched it, so it would die with that worker until Redis's

@@ -69,9 +69,13 @@ class Flower:
 @pytest.fixture
 def flower(settings: Settings, worker: Worker, tmp_path: Path) -> Iterator[Flower]:
     """`otto-farm flower` on a free loopback port with basic auth, once it has seen the worker's heartbeat."""
+    yield from started_flower(settings, tmp_path, OTTO_FARM_FLOWER_BASIC_AUTH=f"{USER}:{PASSWORD}")
+
+
+def started_flower(settings: Settings, tmp_path: Path, **auth: str) -> Iterator[Flower]:
     port = free_port()
     log = tmp_path / "flower.log"
-    env = clean_env(**settings.env(), OTTO_FARM_FLOWER_BASIC_AUTH=f"{USER}:{PASSWORD}")
+    env = clean_env(**settings.env(), **auth)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "otto_farm", "flower", "--port", str(port)],
@@ -91,7 +95,13 @@ def flower(settings: Settings, worker: Worker, tmp_path: Path) -> Iterator[Flowe
                 return False
             return code == 200 and any("main@" in name for name in json.loads(body))
 
-        fl.wait(heartbeat_seen, "worker heartbeat")
+        def serving() -> bool:
+            try:
+                return fl.api("/", auth=None)[0] == 200
+            except OSError:
+                return False
+
+        fl.wait(heartbeat_seen if auth else serving, "worker heartbeat" if auth else "Flower")
         yield fl
     finally:
         proc.terminate()
@@ -134,7 +144,8 @@ def test_flower_lists_the_runs_jobs_with_credentials_and_answers_401_without(
     # The chord callback's first argument is the header's results (Celery's design), then run id and batch.
     code, body = flower.api(f"/api/task/info/{run_id}.b0.done")
     assert code == 200 and json.loads(body)["name"] == "otto_farm.batch_done"
-    assert json.loads(body)["args"].startswith(f"([{{'run_id': '{run_id}'")
+    args = json.loads(body)["args"]
+    assert args.startswith("([{'status': 'passed'") and f"'run_id': '{run_id}'" in args
     code, body = flower.api("/api/tasks")
     for secret in ("scripted-test-key", PASSWORD, str(settings.socket_path)):
         assert secret not in body
@@ -143,6 +154,47 @@ def test_flower_lists_the_runs_jobs_with_credentials_and_answers_401_without(
     assert flower.api("/api/tasks", auth=(USER, "wrong"))[0] == 401
     assert flower.api("/api/workers", auth=None)[0] == 401
     assert flower.api("/", auth=None)[0] == 401
+
+
+def test_flower_shows_a_failed_task_as_failure_and_no_sweeps(flower, run_taskset, make_repo, write_taskset):
+    path = write_taskset(
+        {
+            "repo": str(make_repo()),
+            "max_attempts": 1,
+            "max_task_runs": 1,
+            "pilot": {"enabled": False},
+            "verify": "test -f good.txt",
+            "agent": {"command": "touch $OTTO_FARM_TASK_KEY.txt"},
+            "tasks": [{"key": "good", "prompt": "p"}, {"key": "bad", "prompt": "p"}],
+        }
+    )
+    record = run_taskset(path)  # the chord's callback ran: the run ended
+    assert record.status.value == "failed" and record.tasks["bad"].status.value == "failed"
+    good, bad = (f"{record.run_id}.b0.{key}.r1" for key in ("good", "bad"))
+
+    def ended() -> dict[str, Any] | None:
+        code, body = flower.api("/api/tasks")
+        tasks = json.loads(body) if code == 200 else {}
+        return (
+            tasks
+            if all(tasks.get(t, {}).get("state") in ("SUCCESS", "FAILURE") for t in (good, bad))
+            else None
+        )
+
+    tasks = flower.wait(ended, "the run's jobs ended")
+    assert tasks[bad]["state"] == "FAILURE" and tasks[bad]["exception"] == "task failed (verify_failed)"
+    assert tasks[good]["state"] == "SUCCESS" and tasks[good]["result"].startswith("{'status': 'passed'")
+    # The worker swept every second while the run ran (conftest): none of it reached Flower.
+    assert not [t for t in tasks.values() if t["name"] == "otto_farm.sweep"]
+    assert tasks[f"{record.run_id}.b0.done"]["state"] == "SUCCESS"
+
+
+def test_flower_on_loopback_without_auth_says_how_to_reach_its_api(settings, worker, tmp_path):
+    for fl in started_flower(settings, tmp_path):
+        assert fl.api("/api/tasks", auth=None)[0] == 401
+        line = fl.log.read_text().splitlines()[0]
+        assert line.startswith(f"Flower on {fl.url} (basic auth off)")
+        assert "its API (/api/…) answers 401: set OTTO_FARM_FLOWER_BASIC_AUTH=user:password" in line
 
 
 def test_flower_refuses_to_listen_beyond_loopback_without_basic_auth():

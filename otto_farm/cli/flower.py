@@ -96,9 +96,17 @@ def flower(
     if auth:
         # Flower's --basic-auth by environment: an argv would show the passwords to every local user (ps).
         env[f"{FLOWER_ENV_PREFIX}BASIC_AUTH"] = auth
+    # Flower's API (/api/…) answers 401 to all without auth; its hint to that, FLOWER_UNAUTHENTICATED_API,
+    # is dropped above: credentials are the one way in.
+    api = (
+        "its API with those credentials (curl -u user:password …/api/tasks)"
+        if auth
+        else f"its API (/api/…) answers 401: set {BASIC_AUTH_ENV}=user:password and pass them "
+        "(curl -u user:password …/api/tasks)"
+    )
     console.print(
         f"Flower on http://{address}:{port} (basic auth {'on' if auth else 'off'}), "
-        f"broker {masked_url(settings.broker_url)}",
+        f"broker {masked_url(settings.broker_url)}; {api}",
         markup=False,
     )
     sys.stdout.flush()  # execve drops whatever is still buffered
