@@ -9,6 +9,7 @@ from test_cli import otto
 from test_cli_faults import start
 
 from otto_farm import coordinator, taskset
+from otto_farm.cli.common import fitting, plain_table
 
 from conftest import wait_for
 
@@ -71,3 +72,17 @@ def test_status_watch_piped_prints_a_line_per_change(
     assert sum(" slow running " in line for line in lines) == 1, out  # once per change, not per look
     assert re.search(r"^\d\d:\d\d:\d\d slow passed in \d+s$", out, re.M), out
     assert out.endswith("\n") and f"run {run_id} passed" in out
+
+
+def test_a_terminal_shows_the_tasks_that_need_a_look_and_counts_the_rest():
+    """Guards `status` at any size (issue 17): a terminal gets the rows that fit, running and failed
+    first, in the run's order, and one line for the rest; a pipe gets every row."""
+    rows = [(f"t{i}", "1", "passed", "1", "1", "-", "1.0s", "$0", "-") for i in range(50)]
+    for i, status in ((7, "running"), (30, "failed"), (41, "pending"), (42, "running")):
+        rows[i] = (f"t{i}", "1", status, *rows[i][3:])
+    shown, more = fitting(rows, 5)
+    assert [r[0] for r in shown] == ["t0", "t7", "t30", "t41", "t42"]
+    assert more is not None and more.startswith("... 45 more tasks (45 passed)")
+    assert fitting(rows, 50) == (rows, None)
+    text = plain_table(("task", "status"), [(r[0], r[2]) for r in rows])
+    assert len(text.splitlines()) == 51 and "\nt42   running\n" in text

@@ -19,7 +19,7 @@ from rich.table import Table
 from otto_farm import celery_app, shell
 from otto_farm.embedded import session
 from otto_farm.errors import InputError, OttoFarmError
-from otto_farm.models import FAILED_STATUSES, GateState, RunRecord, TaskState, TaskStatus, Usage
+from otto_farm.models import FAILED_STATUSES, GateState, RunRecord, TaskState, TaskStatus
 from otto_farm.settings import Settings
 from otto_farm.store import Store
 
@@ -99,9 +99,14 @@ def short(sha: str | None) -> str:
     return sha[:10] if sha else "-"
 
 
-def task_table(record: RunRecord) -> Table:
-    rows = []
+TASK_HEADERS = ("task", "batch", "status", "attempts", "runs", "sha", "duration", "cost", "branch")
+# On a terminal, the tasks that need a look come first when not all fit: running, failed, pending.
+_FIRST = {TaskStatus.running: 0, **dict.fromkeys(FAILED_STATUSES, 1), TaskStatus.pending: 2}
+
+
+def task_rows(record: RunRecord) -> list[tuple[str, ...]]:
     added = {t.key for t in record.added_tasks}
+    rows: list[tuple[str, ...]] = []
     for key, state in record.tasks.items():
         last = state.last
         rows.append(
@@ -117,9 +122,27 @@ def task_table(record: RunRecord) -> Table:
                 last.branch if last else "-",
             )
         )
+    return rows
+
+
+def fitting(rows: list[tuple[str, ...]], room: int) -> tuple[list[tuple[str, ...]], str | None]:
+    """At most `room` rows, those that need a look first, in the run's order; and a line for the rest."""
+    if len(rows) <= room:
+        return rows, None
+    ranked = sorted(range(len(rows)), key=lambda i: (_FIRST.get(TaskStatus(rows[i][2]), 3), i))
+    shown = sorted(ranked[:room])
+    rest: dict[str, int] = {}
+    for i in ranked[room:]:
+        rest[rows[i][2]] = rest.get(rows[i][2], 0) + 1
+    counts = ", ".join(f"{n:,} {status}" for status, n in sorted(rest.items()))
+    more = f"... {len(ranked) - room:,} more tasks ({counts}): `status --all`, or a pipe, shows every one"
+    return [rows[i] for i in shown], more
+
+
+def task_table(record: RunRecord, rows: list[tuple[str, ...]] | None = None) -> Table:
+    rows = task_rows(record) if rows is None else rows
     table = Table(title=f"run {record.run_id}", title_justify="left", box=box.SIMPLE_HEAD)
-    headers = ("task", "batch", "status", "attempts", "runs", "sha", "duration", "cost", "branch")
-    for i, col in enumerate(headers):
+    for i, col in enumerate(TASK_HEADERS):
         # Every column keeps its width but the long branch, last, which narrow terminals fold.
         if col == "branch":
             table.add_column(col, overflow="fold", min_width=12)
@@ -131,6 +154,26 @@ def task_table(record: RunRecord) -> Table:
     return table
 
 
+def plain_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """Every cell whole, columns two spaces apart: what a pipe gets, fast at any number of rows."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [headers, *rows]
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def terminal_view(record: RunRecord, everything: bool = False) -> list[Any]:
+    """What a terminal shows of a run: the tasks that fit its height, why the failed ones did, totals."""
+    rows, more = task_rows(record), None
+    if not everything:
+        rows, more = fitting(rows, max(console.height - 10, 10))
+    causes = cause_lines(record)
+    if not everything and len(causes) > 10:
+        causes = [*causes[:10], f"  ... {len(causes) - 10:,} more failed or skipped"]
+    return [task_table(record, rows), *([more] if more else []), *causes, summary_line(record)]
+
+
 def print_table(table: Table) -> None:
     """On a terminal, fit its width; piped or redirected, every cell whole at the table's own width."""
     if console.is_terminal:
@@ -140,12 +183,18 @@ def print_table(table: Table) -> None:
     Console(file=console.file, width=width, highlight=False).print(table, soft_wrap=False)
 
 
-def print_run(record: RunRecord) -> None:
-    """A run's tasks, why those that failed did, and its summary."""
-    print_table(task_table(record))
-    for line in cause_lines(record):
+def print_run(record: RunRecord, everything: bool = False) -> None:
+    """A run's tasks, why those that failed did, and its summary: on a terminal what fits (all with
+    `everything`), piped or redirected every task, as plain text."""
+    if console.is_terminal:
+        table, *lines = terminal_view(record, everything)
+        console.print(table, soft_wrap=False)
+        for line in lines:
+            console.print(line, markup=False)
+        return
+    console.file.write(f"run {record.run_id}\n" + plain_table(TASK_HEADERS, task_rows(record)))
+    for line in [*cause_lines(record), summary_line(record)]:
         console.print(line, markup=False)
-    console.print(summary_line(record))
 
 
 def elapsed(seconds: float) -> str:
@@ -169,9 +218,9 @@ def _duration(state: TaskState) -> str:
 
 def _cost(state: TaskState) -> str:
     """Its runs' cost, and the time its calls waited for the fleet's API limits, if they did."""
-    usage = sum((r.usage for r in state.results), Usage())
-    wait = f" ({elapsed(usage.limit_wait_s)} waiting)" if usage.limit_wait_s >= 1 else ""
-    return f"${usage.cost_usd:.4f}{wait}"
+    waited = sum(r.usage.limit_wait_s for r in state.results)
+    wait = f" ({elapsed(waited)} waiting)" if waited >= 1 else ""
+    return f"${sum(r.usage.cost_usd for r in state.results):.4f}{wait}"
 
 
 def api_note(record: RunRecord) -> str:

@@ -13,15 +13,13 @@ from rich.live import Live
 from otto_farm.cli.common import (
     JsonOut,
     LatestRunId,
-    cause_lines,
     connected,
     console,
     exits_cleanly,
     print_run,
     run_or_latest,
     state_line,
-    summary_line,
-    task_table,
+    terminal_view,
     write_json,
 )
 from otto_farm.models import RunRecord, RunStatus
@@ -34,6 +32,9 @@ def status(
     json_out: JsonOut = False,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh until the run ends.")] = False,
     pilot: Annotated[bool, typer.Option("--pilot", help="Show the pilot's decisions.")] = False,
+    everything: Annotated[
+        bool, typer.Option("--all", help="On a terminal, every task, not the ones that fit its height.")
+    ] = False,
 ) -> None:
     """Every task of a run (default: the latest): batch, status, attempts, runs, branch, sha, duration."""
     with connected() as (store, _):
@@ -47,13 +48,11 @@ def status(
         if watch and not console.is_terminal:  # piped or redirected: a line per change, then the whole
             record = watch_lines(store, record)
         if not watch or not console.is_terminal:
-            print_run(record)
+            print_run(record, everything)
             return
         with Live(console=console, auto_refresh=False) as live:
             while True:
-                live.update(
-                    Group(task_table(record), *cause_lines(record), summary_line(record)), refresh=True
-                )
+                live.update(Group(*terminal_view(record, everything)), refresh=True)
                 if record.status is not RunStatus.running:
                     return
                 time.sleep(1)
