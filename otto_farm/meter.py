@@ -4,8 +4,10 @@ budget (budget.py), and the answers that mean "not now" waited out instead of fa
 The Anthropic agent's calls and the pilot's go through `Meter.call`. The SDK's own retries are off
 (`max_retries=0` at the call sites): a 429 pauses every worker's calls for the key for its
 `retry-after`, a 529 backs off and, after FALLBACK_AFTER in a row, moves to the fallback model; neither
-costs the task anything but time. A turn that does not return within `idle_s` is a stall, not a
-timeout. What the waiting cost is counted in the call's Usage (limit_wait_s, rate_limited, overloaded).
+costs the task anything but time. An answer whose rate-limit headers say a limit is spent pauses the
+fleet until that limit's reset, so the next call meets no 429. A turn that does not return within
+`idle_s` is a stall, not a timeout. What the waiting cost is counted in the call's Usage
+(limit_wait_s, rate_limited, overloaded).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -80,7 +83,8 @@ class Meter:
         fallback: str | None = None,
     ) -> Metered:
         """`send(model, timeout_s)` once the limits and budget allow, again after a 429 or 529, until it
-        answers or `deadline` (time.monotonic()) passes; CallFailed otherwise."""
+        answers or `deadline` (time.monotonic()) passes; CallFailed otherwise. `send` returns the SDK's
+        raw response (`with_raw_response`), whose headers say what is left of the key's limits."""
         import anthropic  # here: the SDK takes seconds to import and the CLI imports the pilot
 
         waits = Usage()
@@ -97,7 +101,8 @@ class Meter:
                 raise CallFailed("timeout", "no time left for the call", waits)
             timeout = min(left, idle_s) if idle_s else left
             try:
-                response = send(model, timeout)
+                raw = send(model, timeout)
+                response = raw.parse()
             except anthropic.RateLimitError as exc:
                 waits.rate_limited += 1
                 self._refund(estimate, max_tokens)
@@ -126,6 +131,8 @@ class Meter:
             except anthropic.APIError as exc:  # the request itself is refused: asking again will not help
                 self._refund(estimate, max_tokens)
                 raise CallFailed("api", _describe(exc), waits) from exc
+            if (spent_for := _spent_until(raw.headers)) is not None:
+                self._pause(spent_for, deadline)
             usage = pricing.api_usage(model, response.usage)
             if self.limiter is not None:
                 self.limiter.settle(usage.input_tokens - estimate, usage.output_tokens - max_tokens)
@@ -178,6 +185,21 @@ def _retry_after(headers: Any) -> float | None:
         if value > 0:
             return min(value / scale, 300.0)
     return None
+
+
+def _spent_until(headers: Any) -> float | None:
+    """Seconds until the latest reset of a limit the API says is spent (`anthropic-ratelimit-<limit>-
+    remaining: 0`), or None."""
+    waits = []
+    for limit in ("requests", "tokens", "input-tokens", "output-tokens"):
+        if headers.get(f"anthropic-ratelimit-{limit}-remaining") != "0":
+            continue
+        try:
+            reset = datetime.fromisoformat(headers.get(f"anthropic-ratelimit-{limit}-reset") or "")
+        except ValueError:
+            continue
+        waits.append(min((reset - datetime.now(UTC)).total_seconds(), 300.0))
+    return max(waits) if waits and max(waits) > 0 else None
 
 
 def _describe(exc: Exception) -> str:

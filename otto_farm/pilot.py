@@ -138,7 +138,7 @@ class AnthropicClient:
         with anthropic.Anthropic(max_retries=0) as client:  # the meter waits out 429s and 529s
 
             def send(model: str, timeout: float) -> Any:
-                return client.messages.create(
+                return client.messages.with_raw_response.create(
                     model=model,
                     max_tokens=MAX_TOKENS,
                     system=system,

@@ -81,6 +81,7 @@ class ScriptedReply:
     stop_reason: str | None = None
     raw_body: str | None = None
     retry_after_s: float | None = None  #: with an error status: the `retry-after` it sends (default: ~0)
+    headers: dict[str, str] | None = None  #: sent as they are, e.g. the API's anthropic-ratelimit-*
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,12 @@ class _Response:
     retry: bool = True  #: False sends `x-should-retry: false`
     retry_after_s: float | None = None
     content_type: str = "application/json"
+    extra: tuple[tuple[str, str], ...] = ()
 
     def headers(self) -> dict[str, str]:
+        return {**self._retry_headers(), **dict(self.extra)}
+
+    def _retry_headers(self) -> dict[str, str]:
         if not self.retry:
             return {"x-should-retry": "false"}
         if self.retry_after_s is not None:
@@ -131,6 +136,7 @@ def _render(reply: ScriptedReply, request: dict[str, Any], n: int) -> _Response:
     if reply.status != 200:
         message = reply.text or f"scripted error {reply.status}"
         return _error(reply.status, message, reply.delay_s, retry_after_s=reply.retry_after_s)
+    extra = tuple((reply.headers or {}).items())
     content: list[dict[str, Any]] = []
     if reply.text is not None:
         content.append({"type": "text", "text": reply.text})
@@ -157,8 +163,8 @@ def _render(reply: ScriptedReply, request: dict[str, Any], n: int) -> _Response:
         },
     }
     if request.get("stream") is True:
-        return _Response(200, messages_events(answer), reply.delay_s, content_type=SSE)
-    return _Response(200, json.dumps(answer), reply.delay_s)
+        return _Response(200, messages_events(answer), reply.delay_s, content_type=SSE, extra=extra)
+    return _Response(200, json.dumps(answer), reply.delay_s, extra=extra)
 
 
 def _render_responses(reply: ScriptedReply, request: dict[str, Any], n: int) -> _Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -13,7 +14,7 @@ from otto_farm.agents.anthropic_agent import AnthropicAgent
 from otto_farm.agents.command import CommandAgent
 from otto_farm.cli.common import summary_line
 from otto_farm.limiter import Limiter, key_id
-from otto_farm.meter import FALLBACK_AFTER
+from otto_farm.meter import FALLBACK_AFTER, Meter
 from otto_farm.models import AgentConfig, Limits, RunStatus, TaskStatus
 from otto_farm.scripted_server import ScriptedReply
 
@@ -145,3 +146,16 @@ def test_a_command_agent_that_prints_nothing_is_stalled_with_its_last_output_kep
     assert time.monotonic() - started < 10
     assert not outcome.ok and outcome.stop_reason == "stalled"
     assert "working" in outcome.output and "no output for 1 s" in outcome.error
+
+
+def test_an_answer_that_says_a_limit_is_spent_pauses_the_fleet_until_its_reset(api, make_repo, store):
+    """Guards learning the limits: `anthropic-ratelimit-requests-remaining: 0` with a reset 2 s away
+    pauses the key's calls on every worker, so the next call waits for the reset instead of a 429."""
+    reset = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    spent = {"anthropic-ratelimit-requests-remaining": "0", "anthropic-ratelimit-requests-reset": reset}
+    api.script(ScriptedReply(tool_name="bash", tool_input={"command": "true"}, headers=spent), DONE)
+    meter = Meter.for_run(store.redis, "learned-limits", None, Limits())
+    outcome = AnthropicAgent().run(replace(anthropic_request(make_repo(), "p"), meter=meter))
+    assert outcome.ok and outcome.usage.api_calls == 2
+    first, second = (r.at for r in api.requests)
+    assert second - first >= 1.5 and outcome.usage.limit_wait_s >= 1.5

@@ -55,7 +55,7 @@ class AnthropicAgent:
         with anthropic.Anthropic(max_retries=0) as client:
 
             def send(model: str, timeout_s: float) -> Any:
-                return client.messages.create(
+                return client.messages.with_raw_response.create(
                     model=model,
                     max_tokens=cfg.max_tokens,
                     system=system,  # type: ignore[arg-type]
