@@ -288,9 +288,8 @@ def test_claude_code_writes_the_file_and_its_model_usage_is_the_runs(clis, farm,
     assert usage["cost_usd"] == pytest.approx(report["total_cost_usd"])
 
 
-# Unsandboxed: in bwrap, aider 0.86.2 fails before its first request. With no user.name in the git config
-# it can read (the sandbox hides $HOME's), it writes one into the repository's config, which the sandbox
-# keeps read-only: "Read-only file system: .../cache.git/config.lock".
+# In bwrap, as tasks run by default: the preset runs aider without git, whose files the sandbox keeps
+# read-only (with git, aider 0.86.2 wrote a user.name into the repository's config, then the index).
 AIDER_AGENT = {"preset": "aider", "model": "anthropic/claude-sonnet-4-5"}
 
 
@@ -302,7 +301,6 @@ def test_aider_edit_records_its_printed_cost(clis, farm, run_cli_task):
     record, result = run_cli_task(
         AIDER_AGENT,
         lambda _: [ScriptedReply(text=edit, input_tokens=900, output_tokens=40)],
-        sandbox="none",
     )
     attempt = result.attempts[-1]
     assert result.status is TaskStatus.passed, (result.error, attempt.agent_output[-6000:])
@@ -318,7 +316,6 @@ def test_aider_api_error_ends_the_attempt_as_an_api_error(clis, farm, run_cli_ta
     record, result = run_cli_task(
         AIDER_AGENT,
         lambda _: [ScriptedReply(status=400, text="messages.0.content: field required")],
-        sandbox="none",
     )
     attempt = result.attempts[-1]
     assert attempt.agent_exit_code == 0  # aider exits 0 all the same
