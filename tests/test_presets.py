@@ -197,7 +197,7 @@ def test_aider_preset(tmp_path, worker_env):
     assert got["prompt"] == PROMPT  # read from --message-file
     argv = got["argv"]
     assert argv[argv.index("--message-file") + 1] == got["env"]["OTTO_FARM_PROMPT_FILE"]
-    assert {"--yes-always", "--no-auto-commits", "--no-gitignore"} <= set(argv)
+    assert {"--yes-always", "--no-git"} <= set(argv)  # the farm commits; the sandbox keeps git read-only
     assert argv[-2:] == ["--model", "sonnet"]
     # Aider's history files go beside the prompt file, not into the worktree that gets committed.
     prompt_dir = str(Path(got["env"]["OTTO_FARM_PROMPT_FILE"]).parent)
