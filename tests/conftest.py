@@ -235,6 +235,48 @@ def run_taskset(store: Store, worker: Worker) -> Callable[..., RunRecord]:
     return run
 
 
+@dataclass
+class HeldRun:
+    """Runs of one task, `slow`, whose agent waits until the test lets it go: to look at it running."""
+
+    go: Path
+    start_run: Callable[..., str]
+
+    def start(self, before: str = "", after: str = "touch x", verify: str = "true") -> str:
+        """Start the run: its agent runs `before`, waits, then runs `after`; the run id."""
+        return self.start_run(before, after, verify)
+
+    def release(self) -> None:
+        self.go.touch()
+
+
+@pytest.fixture
+def held_run(
+    make_repo: Callable[..., Path],
+    write_taskset: Callable[..., Path],
+    store: Store,
+    worker: Worker,
+    tmp_path: Path,
+) -> Iterator[HeldRun]:
+    go = tmp_path / "go"
+
+    def start_run(before: str, after: str, verify: str) -> str:
+        agent = f"{before}while [ ! -e {go} ]; do sleep 0.1; done; {after}"
+        data = {
+            "repo": str(make_repo()),
+            "max_attempts": 1,
+            "verify": verify,
+            "sandbox": {"kind": "none"},  # the agent waits on a file of the test's, outside its worktree
+            "agent": {"command": agent},
+            "tasks": [{"key": "slow", "prompt": "p"}],
+        }
+        return coordinator.start(store, taskset.load(write_taskset(data))).run_id
+
+    held = HeldRun(go, start_run)
+    yield held
+    held.release()  # a test that failed while its agent waited leaves no agent behind
+
+
 SCENARIOS = Path(__file__).parents[1] / "tasks" / "scenarios"
 
 

@@ -8,7 +8,6 @@ import threading
 from test_cli import otto
 from test_cli_faults import start
 
-from otto_farm import coordinator, taskset
 from otto_farm.cli.common import fitting, plain_table
 
 from conftest import wait_for
@@ -40,21 +39,8 @@ def test_runs_and_status_piped_print_whole_ids_names_and_branches(
     assert branch in status and "…" not in status, status
 
 
-def test_status_watch_piped_prints_a_line_per_change(
-    make_repo, write_taskset, settings, store, worker, tmp_path
-):
-    go = tmp_path / "go"
-    path = write_taskset(
-        {
-            "repo": str(make_repo()),
-            "max_attempts": 1,
-            "verify": "true",
-            "sandbox": {"kind": "none"},  # the agent waits on a file of the test's, outside its worktree
-            "agent": {"command": f"while [ ! -e {go} ]; do sleep 0.1; done; touch x"},
-            "tasks": [{"key": "slow", "prompt": "p"}],
-        }
-    )
-    run_id = coordinator.start(store, taskset.load(path)).run_id
+def test_status_watch_piped_prints_a_line_per_change(settings, held_run, tmp_path):
+    run_id = held_run.start()
     lines: list[str] = []
     with start("status", run_id, "--watch", cwd=tmp_path, env={**settings.env(), **NARROW}) as watcher:
         assert watcher.stdout is not None and watcher.stderr is not None
@@ -63,7 +49,7 @@ def test_status_watch_piped_prints_a_line_per_change(
         wait_for(
             lambda: any(line.endswith(" slow running (run 1, batch 1)\n") for line in lines), timeout_s=60
         )
-        go.touch()
+        held_run.release()
         watcher.wait(60)
         reader.join(10)
         errors = watcher.stderr.read()

@@ -9,7 +9,7 @@ import time
 from test_cli import otto
 from test_cli_faults import start
 
-from otto_farm import coordinator, livelog, taskset
+from otto_farm import livelog
 from otto_farm.cli import submit
 from otto_farm.models import TaskStatus
 from otto_farm.shell import LIVE_EVERY_S, run
@@ -62,23 +62,8 @@ def test_a_secret_split_across_two_chunks_is_redacted(store, monkeypatch):
     assert {(e.run, e.source, e.attempt) for e in entries} == {(1, "agent", 1)}
 
 
-def test_logs_follow_shows_a_running_agents_output_before_its_job_ends(
-    make_repo, write_taskset, settings, store, worker, tmp_path
-):
-    go = tmp_path / "go"
-    path = write_taskset(
-        {
-            "repo": str(make_repo()),
-            "max_attempts": 1,
-            "verify": "echo VERIFY-SAYS-HI",
-            "sandbox": {"kind": "none"},  # the agent waits on a file of the test's, outside its worktree
-            "agent": {
-                "command": f"echo AGENT-SAYS-HI; while [ ! -e {go} ]; do sleep 0.1; done; echo AGENT-DONE"
-            },
-            "tasks": [{"key": "slow", "prompt": "p"}],
-        }
-    )
-    run_id = coordinator.start(store, taskset.load(path)).run_id
+def test_logs_follow_shows_a_running_agents_output_before_its_job_ends(settings, store, held_run, tmp_path):
+    run_id = held_run.start("echo AGENT-SAYS-HI; ", "echo AGENT-DONE", verify="echo VERIFY-SAYS-HI")
     env = settings.env()
     lines: list[str] = []
     with start("logs", run_id, "slow", "-f", cwd=tmp_path, env=env) as follower:
@@ -88,7 +73,7 @@ def test_logs_follow_shows_a_running_agents_output_before_its_job_ends(
         wait_for(lambda: "AGENT-SAYS-HI\n" in lines, timeout_s=60)
         assert store.get(run_id).tasks["slow"].status is TaskStatus.running  # the job has not ended
         assert "so far" in otto("status", run_id, cwd=tmp_path, env=env).stdout  # its elapsed time
-        go.touch()
+        held_run.release()
         follower.wait(60)
         reader.join(10)
         errors = follower.stderr.read()
@@ -98,25 +83,12 @@ def test_logs_follow_shows_a_running_agents_output_before_its_job_ends(
     assert "slow run 1 (batch 1): passed" in out  # the stored summary, once the job ended
 
 
-def test_submit_says_how_long_each_running_task_has_run(
-    make_repo, write_taskset, store, worker, tmp_path, monkeypatch, capsys
-):
-    go = tmp_path / "go"
-    path = write_taskset(
-        {
-            "repo": str(make_repo()),
-            "max_attempts": 1,
-            "verify": "true",
-            "sandbox": {"kind": "none"},  # the agent waits on a file of the test's, outside its worktree
-            "agent": {"command": f"while [ ! -e {go} ]; do sleep 0.1; done; touch x"},
-            "tasks": [{"key": "slow", "prompt": "p"}],
-        }
-    )
+def test_submit_says_how_long_each_running_task_has_run(store, held_run, monkeypatch, capsys):
     monkeypatch.setattr(submit, "PROGRESS_EVERY_S", 1.0)
-    run_id = coordinator.start(store, taskset.load(path)).run_id
+    run_id = held_run.start()
     follower = threading.Thread(target=submit.follow, args=(store, run_id))
     follower.start()
     wait_for(lambda: "  .. running: slow " in capsys.readouterr().out, timeout_s=60)
-    go.touch()
+    held_run.release()
     follower.join(60)
     assert re.search(r"ok slow passed after 1 attempt\(s\) in \d+s", capsys.readouterr().out)
