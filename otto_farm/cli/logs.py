@@ -34,7 +34,7 @@ def logs(
     if len(run_task) > 2:
         raise InputError("logs", " ".join(run_task), "takes a run and a task, or a task of the latest run")
     *named, task = run_task
-    with connected() as (store, _):
+    with connected(jobs=False) as (store, _):
         run_id = run_or_latest(store, named[0] if named else None)
         record = store.get(run_id, tasks=())
         state = record.tasks.get(task)

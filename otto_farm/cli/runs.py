@@ -17,7 +17,7 @@ def runs(
     json_out: JsonOut = False,
 ) -> None:
     """The most recent runs, newest first."""
-    with connected() as (store, _):
+    with connected(jobs=False) as (store, _):
         records = [store.get(run_id, tasks=()) for run_id in store.run_ids(limit)]
     if json_out:
         write_json("[" + ",".join(r.model_dump_json() for r in records) + "]")

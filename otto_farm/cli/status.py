@@ -37,7 +37,7 @@ def status(
     ] = False,
 ) -> None:
     """Every task of a run (default: the latest): batch, status, attempts, runs, branch, sha, duration."""
-    with connected() as (store, _):
+    with connected(jobs=False) as (store, _):
         record = store.get(run_or_latest(store, run_id))
         if json_out:
             write_json(record.model_dump_json(indent=2))

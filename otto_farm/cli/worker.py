@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from otto_farm.celery_app import QUEUES, worker_argv
 from otto_farm.cli.common import exits_cleanly
 from otto_farm.embedded import reachable
+from otto_farm.queues import QUEUES, worker_argv
 from otto_farm.settings import Settings
 
 
