@@ -2,9 +2,9 @@
 
 Celery on Redis redelivers a message that was not acked in time, and the reconciler re-sends a job
 whose worker vanished, so two deliveries of one job can meet. Whichever takes the lease runs it; the
-other waits for its result. A job holds the lease while it runs, renewing it from a thread every
-third of its time to live; a claim (the job id in the run's claims set) says it started and has not
-finished, so a claim without a lease is a job whose worker died.
+other waits for its result. A job holds the lease while it runs, renewed by the process's heartbeat
+thread every third of its time to live; a claim (the job id in the run's claims set) says it started
+and has not finished, so a claim without a lease is a job whose worker died.
 
 Taking the lease and letting it go are one round trip each: jobs are many, and short ones are
 dominated by their round trips.
@@ -12,6 +12,7 @@ dominated by their round trips.
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 import time
@@ -48,28 +49,71 @@ return 1
 
 
 class _Heartbeat:
-    """Renews a key holding `token` every third of `ttl_s` from a thread; `lost` once another holds it."""
+    """Keeps a key holding `token` alive, renewed every third of `ttl_s` by the process's heartbeat
+    thread (`_Beats`); `lost` once another holds it."""
 
     def __init__(self, client: redis.Redis, key: str, token: str, ttl_s: float) -> None:
         self.key, self.token, self.ttl_s = key, token, ttl_s
         self._renew = client.register_script(_RENEW)
-        self._stop = threading.Event()
         self.lost = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat {key}", daemon=True)
-        self._thread.start()
+        _BEATS.add(self)
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.ttl_s / 3):
-            try:
-                if not self._renew(keys=[self.key], args=[self.token, int(self.ttl_s * 1000)]):
-                    self.lost.set()  # it lapsed (a long pause) and another holder took over
-                    return
-            except redis.RedisError:
-                continue  # the store is unreachable for now; try again before the key runs out
+    def renew(self) -> bool:
+        """False once the key lapsed (a long pause) and another holder took over; an unreachable store
+        counts as kept, for now: the next beat tries again before the key runs out."""
+        try:
+            return bool(self._renew(keys=[self.key], args=[self.token, int(self.ttl_s * 1000)]))
+        except redis.RedisError:
+            return True
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
+        _BEATS.remove(self)
+
+
+class _Beats:
+    """The process's one heartbeat thread, for all its leases and locks: a job no longer starts a thread
+    of its own. Started on first use in each process (a forked pool process starts its own)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._due: dict[_Heartbeat, float] = {}
+        self._pid: int | None = None
+
+    def add(self, beat: _Heartbeat) -> None:
+        with self._lock:
+            self._due[beat] = time.monotonic() + beat.ttl_s / 3
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="otto-farm heartbeats", daemon=True).start()
+        self._wake.set()  # its beat may be due before the thread's next
+
+    def remove(self, beat: _Heartbeat) -> None:
+        with self._lock:
+            self._due.pop(beat, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                due = [b for b, at in self._due.items() if at <= now]
+            for beat in due:  # outside the lock: a slow store must not hold up a job's start or end
+                kept = beat.renew()
+                with self._lock:
+                    if beat not in self._due:
+                        continue  # stopped meanwhile
+                    if kept:
+                        self._due[beat] = time.monotonic() + beat.ttl_s / 3
+                    else:
+                        del self._due[beat]
+                        beat.lost.set()
+            with self._lock:
+                wait_s = min(self._due.values(), default=time.monotonic() + 60) - time.monotonic()
+            self._wake.wait(max(wait_s, 0))
+            self._wake.clear()
+
+
+_BEATS = _Beats()
 
 
 class Lease:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 
-from otto_farm import coordinator, keys, recovery, taskset
+from otto_farm import coordinator, keys, lease, recovery, taskset
 from otto_farm.lease import LOCK_TTL_S, Lock
 from otto_farm.models import RunStatus
 
@@ -90,3 +91,20 @@ def test_the_sweep_does_not_wait_on_a_run_whose_lock_is_held(
     finally:
         held.release()
     assert wait_for_run(store, run_id).status is RunStatus.passed
+
+
+def test_one_heartbeat_thread_keeps_every_lease_and_lock_of_a_process(store):
+    """Guards a job's fixed cost (issue 17): leases and locks share the process's heartbeat thread
+    instead of starting one each, and every one of them is still kept past its time to live."""
+    leases = [lease.Lease(store.redis, "beats", f"beats-job-{i}", ttl_s=0.6) for i in range(5)]
+    assert all(held.acquire() for held in leases)
+    lock = lease.Lock(store.redis, "otto-farm:test:beats-lock", ttl_s=0.6)
+    assert lock.acquire(0)
+    time.sleep(1.5)  # well past their time to live: only the heartbeats can have kept them
+    assert all(lease.alive(store.redis, f"beats-job-{i}") for i in range(5))
+    assert store.redis.exists("otto-farm:test:beats-lock")
+    assert [t.name for t in threading.enumerate()].count("otto-farm heartbeats") == 1
+    for held in leases:
+        held.release()
+    lock.release()
+    assert not any(lease.alive(store.redis, f"beats-job-{i}") for i in range(5))
