@@ -13,7 +13,7 @@ from celery.utils.log import get_task_logger
 from celery.worker.request import Request
 from redis.exceptions import RedisError
 
-from otto_farm import coordinator, gate, gating, keys, pilot, recovery, sandbox, taskrun
+from otto_farm import coordinator, gate, gating, keys, llm, pilot, recovery, sandbox, taskrun
 from otto_farm.celery_app import CONTROL_QUEUE, PILOT_QUEUE, TASKS_QUEUE, app
 from otto_farm.lease import Lease, Lock
 from otto_farm.meter import Meter
@@ -155,7 +155,7 @@ def _consumes(worker: Any, queue: str) -> bool:
 def _import_the_sdk(sender: Any, **kwargs: Any) -> None:
     """A worker on the pilot queue imports the anthropic SDK before it forks its pool processes.
 
-    Imported lazily (pilot.AnthropicClient), it cost each pool process's first pilot call about two
+    Imported lazily (llm.AnthropicClient), it cost each pool process's first pilot call about two
     seconds, at a batch boundary (bench/, benchmark 2).
     """
     if _consumes(sender, PILOT_QUEUE):
@@ -182,7 +182,7 @@ def pilot_job(run_id: str, batch: int) -> dict[str, Any]:
     answer: dict[str, Any] | None = None
     try:
         meter = Meter.for_run(store.redis, run_id, record.taskset.budget.max_cost_usd, _settings().limits)
-        answer = pilot.ask(record, batch, pilot.AnthropicClient(meter)).model_dump(mode="json")
+        answer = pilot.ask(record, batch, llm.AnthropicClient(meter)).model_dump(mode="json")
         return answer
     finally:
         held.release(finished=answer is not None)  # killed mid-call, it stays claimed: the sweep asks again

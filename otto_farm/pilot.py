@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
-from typing import Annotated, Any, Literal, Protocol, cast
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from otto_farm import pricing, shell
 from otto_farm.errors import InputError
-from otto_farm.meter import CallFailed, Meter
+from otto_farm.llm import MAX_ANSWER_CHARS, NO_KEY, SDK_NO_KEY, LLMClient, has_key
+from otto_farm.meter import CallFailed
 from otto_farm.models import (
     FAILED_STATUSES,
     Decision,
@@ -26,18 +26,13 @@ from otto_farm.models import (
     TaskKey,
     TaskSpec,
     TaskStatus,
-    Usage,
     with_tasks,
 )
 from otto_farm.plan import default_retries, replan, settle
 from otto_farm.taskset import check_tasks
 
 TOOL_NAME = "decide_next_batches"
-MAX_TOKENS = 4096
 MAX_NEW_TASKS = 3  # per decision: fixes for what a batch revealed, not a second plan
-# An answer is at most MAX_TOKENS of output (~16 KB); anything far larger is not a model's answer, and is
-# cut before it reaches a process boundary or the run record.
-MAX_ANSWER_CHARS = 64 * 1024
 MAX_KEYS = 10_000  # task keys one list of the answer may name: a run's size, not a model's
 SYSTEM = (
     "You are the pilot of a farm of coding agents working on one git repository. A batch of tasks has "
@@ -106,64 +101,6 @@ class PilotDecision(BaseModel):
     batches: list[Annotated[list[Key], Field(max_length=MAX_KEYS)]] = Field(
         default_factory=list, max_length=MAX_KEYS
     )
-
-
-class LLMReply(BaseModel):
-    tool_input: dict[str, Any] | None = None
-    text: str = ""
-    usage: Usage = Usage()
-
-
-class LLMClient(Protocol):
-    def call(
-        self, *, model: str, system: str, prompt: str, tool: dict[str, Any], timeout_s: float
-    ) -> LLMReply: ...
-
-
-class AnthropicClient:
-    """The Messages API through the anthropic SDK; key and base URL come from the environment. Its calls
-    share the fleet's rate limit and the run's budget through `meter`."""
-
-    def __init__(self, meter: Meter | None = None) -> None:
-        self.meter = meter or Meter()
-
-    def call(
-        self, *, model: str, system: str, prompt: str, tool: dict[str, Any], timeout_s: float
-    ) -> LLMReply:
-        import anthropic  # here, not at the top: the SDK takes seconds to import, and the CLI never needs it
-        from anthropic.types import ToolChoiceToolParam, ToolParam
-
-        choice: ToolChoiceToolParam = {"type": "tool", "name": tool["name"]}
-        messages: Any = [{"role": "user", "content": prompt}]
-        with anthropic.Anthropic(max_retries=0) as client:  # the meter waits out 429s and 529s
-
-            def send(model: str, timeout: float) -> Any:
-                return client.messages.with_raw_response.create(
-                    model=model,
-                    max_tokens=MAX_TOKENS,
-                    system=system,
-                    messages=messages,
-                    tools=[cast(ToolParam, tool)],
-                    tool_choice=choice,
-                    timeout=timeout,
-                )
-
-            call = self.meter.call(
-                send,
-                model=model,
-                payload=[system, messages, tool],
-                max_tokens=MAX_TOKENS,
-                deadline=time.monotonic() + timeout_s,
-            )
-        message, usage = call.response, call.usage
-        # Only the forced tool is an answer: any other tool_use block is not a decision.
-        tool_input = next(
-            (b.input for b in message.content if b.type == "tool_use" and b.name == tool["name"]), None
-        )
-        text = "".join(b.text for b in message.content if b.type == "text")[:MAX_ANSWER_CHARS]
-        return LLMReply(
-            tool_input=tool_input if isinstance(tool_input, dict) else None, text=text, usage=usage
-        )
 
 
 def job_id(run_id: str, index: int) -> str:
@@ -264,16 +201,6 @@ def _key_lists(record: RunRecord) -> str:
 def model_for(record: RunRecord) -> str:
     ts = record.taskset
     return ts.pilot.model or ts.agent.model or pricing.default_model()
-
-
-# The SDK's own words for a missing key are a TypeError naming its constructor's arguments.
-SDK_NO_KEY = "Could not resolve authentication method"
-NO_KEY = "no API key: ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN) is not set where the pilot runs"
-
-
-def has_key(env: Mapping[str, str]) -> bool:
-    """Whether the anthropic SDK finds a key in this environment: without one, every call fails."""
-    return bool(env.get("ANTHROPIC_API_KEY") or env.get("ANTHROPIC_AUTH_TOKEN"))
 
 
 def ask(record: RunRecord, index: int, client: LLMClient) -> PilotAnswer:

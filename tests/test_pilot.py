@@ -270,7 +270,8 @@ def test_the_tool_schema_carries_the_bounds():
 
 
 def _ask(server, *replies) -> Any:
-    from otto_farm.pilot import AnthropicClient, ask
+    from otto_farm.llm import AnthropicClient
+    from otto_farm.pilot import ask
     from otto_farm.scripted_server import ScriptedReply
 
     server.script(*(ScriptedReply(**r) for r in replies))

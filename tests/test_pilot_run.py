@@ -135,9 +135,7 @@ def test_garbage_answer_falls_back_to_the_replan_and_the_run_finishes(
     assert record.tasks["c"].status is TaskStatus.passed and record.status is RunStatus.failed
 
 
-def test_overloaded_then_answer_is_waited_out(
-    make_repo, write_taskset, run_taskset, pilot_server, tmp_path
-):
+def test_overloaded_then_answer_is_waited_out(make_repo, write_taskset, run_taskset, pilot_server, tmp_path):
     (tmp_path / "logs").mkdir()
     pilot_server.script(ScriptedReply(status=529), ScriptedReply(tool_input=GOOD_ANSWER))
     record = run_taskset(write_taskset(mixed_set(make_repo(), tmp_path / "logs")))

@@ -12,7 +12,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from otto_farm import coordinator, gitops, pilot, shell, taskset
+from otto_farm import coordinator, gitops, llm, shell, taskset
 from otto_farm.cli.common import (
     connected,
     console,
@@ -127,7 +127,7 @@ def pilot_note(ts: TaskSet, own_workers: bool) -> str | None:
     command started (they have its environment; other farms' workers have their own)."""
     if not ts.pilot.enabled:
         return "pilot: off; after a failed batch the replan decides (failed tasks with runs left run again)"
-    if own_workers and not pilot.has_key(os.environ):
+    if own_workers and not llm.has_key(os.environ):
         return (
             "pilot: no ANTHROPIC_API_KEY on this farm; after a failed batch it falls back to the replan "
             "(set the key, or --no-pilot to say so)"
