@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,7 @@ def test_codex_api_error_status_and_an_unreachable_api():
 
 REPLAY = """#!{python}
 import sys
+import time
 sys.stdin.read()
 sys.stdout.write(open({fixture!r}).read())
 sys.exit({code})
@@ -148,3 +150,34 @@ def test_the_command_agent_reports_the_captured_failure(
     )
     # An API error is the API's, not the agent's: the job ends there instead of trying again.
     assert failure_code(outcome) == ("agent_api_error" if stop_reason == "api_error" else "agent_error")
+
+
+def test_a_codex_that_cannot_reach_its_api_ends_as_an_api_error_not_at_the_jobs_limit(tmp_path, monkeypatch):
+    """Guards issue 16: Codex 0.171.0 waits for an unreachable API without end; its preset's
+    `unreachable` line, seen twice, ends the attempt at once as an API error."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "codex"  # prints what the real one did, then waits on, as it would
+    replay = REPLAY.format(
+        python=sys.executable, fixture=str(FIXTURES / "codex-0.171.0-unreachable.jsonl"), code=0
+    )
+    script.write_text(replay.replace("sys.exit(0)", "sys.stdout.flush()\nimport time\ntime.sleep(60)"))
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    request = AgentRequest(
+        worktree=tmp_path,
+        prompt="p",
+        config=AgentConfig(provider="command", preset="codex"),
+        env=dict(os.environ),
+        sandbox=unsandboxed(tmp_path),
+        timeout_s=50,
+        run_id="r",
+        task_key="t",
+        attempt=1,
+    )
+    started = time.monotonic()
+    outcome = CommandAgent().run(request)
+    assert time.monotonic() - started < 10
+    assert not outcome.ok and outcome.infrastructure and failure_code(outcome) == "agent_api_error"
+    waiting = "Reconnecting... waiting for network (Connection failed: error sending request)"
+    assert outcome.error == f'agent CLI cannot reach its API: {{"type":"error","message":"{waiting}"}}'

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 import pytest
 
 from otto_farm import celery_app, coordinator, gitops, taskset
+from otto_farm.agents import presets
 from otto_farm.embedded import Embedded
 from otto_farm.models import RunRecord, TaskResult, TaskStatus
 from otto_farm.scripted_server import ScriptedReply, ScriptedServer
@@ -340,6 +342,18 @@ def test_codex_answers_from_the_responses_stream(clis, farm, run_cli_task):
     assert (usage.input_tokens, usage.output_tokens) == (900, 40)
     assert (usage.cache_read_tokens, usage.cache_write_tokens) == (5000, 800)
     assert any(r.path == "/v1/responses" and r.method == "POST" for r in farm.server.requests)
+
+
+@pytest.mark.part("codex")
+def test_codex_that_cannot_reach_its_api_ends_as_an_api_error(clis, farm, run_cli_task):
+    """Codex waits for an unreachable API without end; the preset's `unreachable` line ends the attempt."""
+    need(clis, "codex")
+    closed = f"export OPENAI_BASE_URL={DEAD_PROXY}/v1; {presets.get_preset('codex').command}"
+    started = time.monotonic()
+    record, result = run_cli_task({"preset": "codex", "command": closed}, lambda _: [], verify="true")
+    assert result.error_code == "agent_api_error", result.attempts[-1].agent_output[-3000:]
+    assert result.error is not None and "cannot reach its API" in result.error
+    assert time.monotonic() - started < 90  # the job's limit is 30 minutes
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ preset (agents/presets.py) for a coding CLI such as Claude Code, Codex or Aider.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -21,6 +22,7 @@ from otto_farm.models import Usage
 from otto_farm.sandbox import Command
 
 OUTPUT_CHARS = 20_000
+UNREACHABLE_LINES = 2  # a CLI's "cannot reach the API" lines before its attempt ends: one may be a blip
 # bash's exit codes for a command it could not start: another attempt would meet the same wall.
 CANNOT_RUN = {127: "not found", 126: "not executable"}
 # A CLI's report (one JSON object, or the end of an event stream) must be read whole, not from a tail.
@@ -42,6 +44,7 @@ class CommandAgent:
         if not command:
             return _failed("agent.command is not set")
         parses = preset is not None and preset.output in presets.PARSERS
+        watch = _Unreachable(preset.unreachable, request.tee) if preset and preset.unreachable else None
         with tempfile.TemporaryDirectory(prefix="otto-farm-prompt-", dir=prompt_root()) as tmp:
             prompt_file = Path(tmp) / "prompt.md"
             prompt_file.write_text(request.prompt)
@@ -63,17 +66,43 @@ class CommandAgent:
                     stdin=request.prompt,
                     split_stderr=True,
                     max_output_chars=PARSED_OUTPUT_CHARS if parses else OUTPUT_CHARS,
-                    stop=request.should_stop,
+                    stop=watch.stop(request.should_stop) if watch else request.should_stop,
                     readable=[Path(tmp)],
-                    tee=request.tee,
+                    tee=watch.feed if watch else request.tee,
                     idle_timeout_s=request.config.idle_timeout_s,
                 )
             )
         parsed = presets.parse_output(preset.output, res.output) if preset else None
         outcome = _outcome(res, parsed, request.timeout_s)
+        if watch is not None and watch.seen is not None:  # stopped here, not cancelled
+            error = f"agent CLI cannot reach its API: {watch.seen}"
+            outcome = replace(outcome, ok=False, stop_reason="error", infrastructure=True, error=error)
         if request.meter is not None:  # the CLI's cost comes as it exits: its attempt counts as one call
             request.meter.spend(outcome.usage)
         return outcome
+
+
+class _Unreachable:
+    """Watches a CLI's output, as it comes, for the line its preset says it prints while its API cannot
+    be reached; after UNREACHABLE_LINES of them, `seen` holds the last and the command is stopped."""
+
+    def __init__(self, pattern: str, tee: shell.Tee | None) -> None:
+        self.pattern, self.tee = re.compile(pattern), tee
+        self.count, self.partial = 0, ""
+        self.seen: str | None = None
+
+    def feed(self, text: str) -> None:
+        *lines, self.partial = (self.partial + text).split("\n")
+        for line in lines:
+            if self.pattern.search(line):
+                self.count += 1
+                if self.count >= UNREACHABLE_LINES:
+                    self.seen = shell.tail(line.strip(), 300)
+        if self.tee is not None:
+            self.tee(text)
+
+    def stop(self, cancelled: shell.Stop | None) -> shell.Stop:
+        return lambda: self.seen is not None or (cancelled is not None and cancelled())
 
 
 def prompt_root() -> Path:

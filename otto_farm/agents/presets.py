@@ -33,6 +33,9 @@ class Preset(Strict):
     output: Literal["claude_json", "codex_jsonl", "aider_text", "text"] = "text"
     env: dict[str, str] = {}  # set for the CLI as given
     env_passthrough: list[str] = []  # copied from the worker's environment, where set
+    # A line the CLI prints while it cannot reach its API (a regular expression): seen UNREACHABLE_LINES
+    # times, the attempt ends as an API error, where the CLI itself would wait without end.
+    unreachable: str | None = None
 
     def passthrough_env(self, source: dict[str, str] | None = None) -> dict[str, str]:
         """The preset's `env`, then the listed variables that are set in `source` (default: this
