@@ -22,8 +22,9 @@ from otto_farm.errors import InputError
 from otto_farm.models import BatchRecord, RunRecord, TaskSet, TaskState
 
 _HEAD_EXCLUDE: Any = {"taskset": True, "usage": True, "tasks": True, "batches": True}
-# A task's results have a hash of their own; when its job started is read from the started hash.
-_STATE_EXCLUDE = {"results", "started_at"}
+# A task's results have a hash of their own; when its job started is read from the started hash; its
+# key is the hash's field. Defaults are left out too: a state is kept at about half its size.
+_STATE_EXCLUDE = {"key", "results", "started_at"}
 
 
 @dataclass
@@ -38,8 +39,11 @@ class Parts:
 def split(record: RunRecord) -> Parts:
     return Parts(
         record.model_dump_json(exclude=_HEAD_EXCLUDE),
-        {k: s.model_dump_json(exclude=_STATE_EXCLUDE) for k, s in record.tasks.items()},
-        {str(b.index): b.model_dump_json() for b in record.batches},
+        {
+            k: s.model_dump_json(exclude=_STATE_EXCLUDE, exclude_defaults=True)
+            for k, s in record.tasks.items()
+        },
+        {str(b.index): b.model_dump_json(exclude_defaults=True) for b in record.batches},
     )
 
 
@@ -54,7 +58,7 @@ def join(parts: Parts, run_id: str, taskset: TaskSet, usage: dict[str, str]) -> 
     """The record from its parts; `taskset` is the run's, with the pilot's tasks laid over it."""
     parsed = head(run_id, parts.head)
     whole_tasks, whole_batches = parsed.pop("tasks", None), parsed.pop("batches", None)  # a whole head
-    states = {k: json.loads(v) for k, v in parts.tasks.items()} or whole_tasks or {}
+    states = {k: {"key": k, **json.loads(v)} for k, v in parts.tasks.items()} or whole_tasks or {}
     tasks = {t.key: states[t.key] for t in taskset.tasks if t.key in states}
     batches = [json.loads(parts.batches[i]) for i in sorted(parts.batches, key=int)] or whole_batches or []
     data = {

@@ -162,7 +162,7 @@ class Store:
             raw_state, raw_batch = json.dumps(head["tasks"][key]), json.dumps(head["batches"][batch])
         if raw_state is None or raw_batch is None:
             raise InputError("run", run_id, f"no task {key} in batch {batch + 1}")
-        state = TaskState.model_validate_json(raw_state)
+        state = TaskState.model_validate({"key": key, **json.loads(raw_state)})
         state.results = [TaskResult.model_validate_json(r) for r in results if r is not None]
         return runparts.JobView(
             run_id=run_id,
