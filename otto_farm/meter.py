@@ -96,6 +96,8 @@ class Meter:
                 waits.limit_wait_s += self._take(estimate, max_tokens, deadline)
             except BudgetSpent as exc:
                 raise CallFailed("budget", str(exc), waits) from exc
+            except TimeoutError as exc:  # the limits would have it wait past the deadline
+                raise CallFailed("timeout", f"out of time: {exc}", waits) from exc
             left = deadline - time.monotonic()
             if left <= 0:
                 raise CallFailed("timeout", "no time left for the call", waits)
@@ -152,8 +154,6 @@ class Meter:
 
         try:
             waited = self.limiter.take(estimate, max_tokens, waiting, deadline)
-        except TimeoutError as exc:
-            raise CallFailed("timeout", f"out of time: {exc}", Usage()) from exc
         finally:
             if told and self.on_wait is not None:
                 self.on_wait(False)
