@@ -162,8 +162,8 @@ class RepoCache:
             with os.fdopen(fd, "w") as fh:
                 fh.write(text)
             os.replace(tmp, config)  # whole, for concurrent git processes to read
-        if cwd == self.git_dir:
-            return {"GIT_DIR": str(cwd)}
+        if cwd == self.git_dir:  # a `commondir` file planted in the cache would name another git dir
+            return {"GIT_DIR": str(cwd), "GIT_COMMON_DIR": str(cwd)}
         return {
             "GIT_DIR": str(self.git_dir / "worktrees" / cwd.name),
             "GIT_COMMON_DIR": str(self.git_dir),

@@ -142,6 +142,23 @@ def test_a_filter_driver_the_agent_configures_never_runs(cache_at_base, tmp_path
     assert ran(tmp_path) == ""
 
 
+def test_a_commondir_planted_in_the_cache_is_not_followed(cache_at_base, tmp_path):
+    """Attack: an agent writes `cache.git/commondir`, naming a git dir of its making whose config git
+    would read instead of the farm's: its `remote.origin.uploadpack` runs on the next fetch."""
+    repo, cache, _, evil = cache_at_base
+    copy = tmp_path / "copy.git"
+    shutil.copytree(cache.git_dir, copy)
+    with open(copy / "config", "a") as fh:
+        fh.write(f'[remote "origin"]\n\tuploadpack = {evil}\n')
+    (cache.git_dir / "commondir").write_text(f"{copy}\n")
+    (repo / "b.txt").write_text("b\n")
+    gitops.git(["add", "-A"], cwd=repo)
+    gitops.git(["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "b"], cwd=repo)
+    cache.fetch(["main"])
+    assert cache.has_commit(gitops.git(["rev-parse", "main"], cwd=repo).strip())
+    assert ran(tmp_path) == ""
+
+
 def test_an_fsmonitor_the_agent_configures_never_runs(cache_at_base, tmp_path):
     """Attack: an agent sets core.fsmonitor in the cache's config to a program of its own, which git
     would ask about changed files on every status, add and commit in any slot."""
