@@ -127,6 +127,9 @@ def test_no_secret_reaches_any_byte_of_the_run_in_redis(store: Store, known: Non
     assert store.transcript(record.run_id, "t", 1, 1)[0]["output"] == stored.error
 
 
+PROMPT = "Read the credentials."
+
+
 def test_the_model_never_gets_a_secret_a_tool_printed(
     pilot_server: Any, monkeypatch: pytest.MonkeyPatch, known: None, make_repo: Any
 ) -> None:
@@ -138,10 +141,12 @@ def test_the_model_never_gets_a_secret_a_tool_printed(
         ScriptedReply(tool_name="bash", tool_input={"command": "cat creds.txt"}),
         ScriptedReply(text="done"),
     )
-    outcome = AnthropicAgent().run(anthropic_request(repo, "Read the credentials."))
+    outcome = AnthropicAgent().run(anthropic_request(repo, PROMPT))
     assert outcome.ok
-    result = pilot_server.requests[-1].body["messages"][-1]["content"][0]
-    assert result["type"] == "tool_result" and result["content"].count("[redacted]") == 3
+    # Its own second call (the session's server may also hear a late job of an earlier test's).
+    ours = [r.body for r in pilot_server.requests if r.body and r.body["messages"][0]["content"] == PROMPT]
+    result = ours[-1]["messages"][-1]["content"][0]
+    assert len(ours) == 2 and result["type"] == "tool_result" and result["content"].count("[redacted]") == 3
     assert leaks(json.dumps([r.body for r in pilot_server.requests])) == []
     assert leaks(json.dumps(outcome.transcript)) == []
 
