@@ -100,11 +100,41 @@ def test_codex_api_error_status_and_an_unreachable_api():
 
 REPLAY = """#!{python}
 import sys
-import time
 sys.stdin.read()
 sys.stdout.write(open({fixture!r}).read())
 sys.exit({code})
 """
+
+
+def replay_cli(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    preset: str,
+    binary: str,
+    fixture: str,
+    code: int,
+    then: str = "",
+) -> AgentRequest:
+    """A stand-in `binary` on PATH that prints a capture of the real one and exits `code` (running `then`
+    first); the command agent's request to run `preset` on `tmp_path`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / binary
+    replay = REPLAY.format(python=sys.executable, fixture=str(FIXTURES / fixture), code=code)
+    script.write_text(replay.replace(f"sys.exit({code})", f"{then}sys.exit({code})"))
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return AgentRequest(
+        worktree=tmp_path,
+        prompt="p",
+        config=AgentConfig(provider="command", preset=preset),
+        env=dict(os.environ),
+        sandbox=unsandboxed(tmp_path),
+        timeout_s=50,
+        run_id="r",
+        task_key="t",
+        attempt=1,
+    )
 
 
 @pytest.mark.parametrize(
@@ -125,24 +155,7 @@ sys.exit({code})
 def test_the_command_agent_reports_the_captured_failure(
     tmp_path, monkeypatch, preset, binary, fixture, code, stop_reason, label
 ):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    script = bin_dir / binary
-    script.write_text(REPLAY.format(python=sys.executable, fixture=str(FIXTURES / fixture), code=code))
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    request = AgentRequest(
-        worktree=tmp_path,
-        prompt="p",
-        config=AgentConfig(provider="command", preset=preset),
-        env=dict(os.environ),
-        sandbox=unsandboxed(tmp_path),
-        timeout_s=30,
-        run_id="r",
-        task_key="t",
-        attempt=1,
-    )
-    outcome = CommandAgent().run(request)
+    outcome = CommandAgent().run(replay_cli(tmp_path, monkeypatch, preset, binary, fixture, code))
     assert (outcome.ok, outcome.exit_code) == (False, code)
     assert outcome.stop_reason == stop_reason
     assert outcome.error is not None and (
@@ -155,26 +168,9 @@ def test_the_command_agent_reports_the_captured_failure(
 def test_a_codex_that_cannot_reach_its_api_ends_as_an_api_error_not_at_the_jobs_limit(tmp_path, monkeypatch):
     """Guards issue 16: Codex 0.171.0 waits for an unreachable API without end; its preset's
     `unreachable` line, seen twice, ends the attempt at once as an API error."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    script = bin_dir / "codex"  # prints what the real one did, then waits on, as it would
-    replay = REPLAY.format(
-        python=sys.executable, fixture=str(FIXTURES / "codex-0.171.0-unreachable.jsonl"), code=0
-    )
-    script.write_text(replay.replace("sys.exit(0)", "sys.stdout.flush()\nimport time\ntime.sleep(60)"))
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    request = AgentRequest(
-        worktree=tmp_path,
-        prompt="p",
-        config=AgentConfig(provider="command", preset="codex"),
-        env=dict(os.environ),
-        sandbox=unsandboxed(tmp_path),
-        timeout_s=50,
-        run_id="r",
-        task_key="t",
-        attempt=1,
-    )
+    # It prints what the real one did, then waits on, as the real one would.
+    wait = "sys.stdout.flush()\nimport time\ntime.sleep(60)\n"
+    request = replay_cli(tmp_path, monkeypatch, "codex", "codex", "codex-0.171.0-unreachable.jsonl", 0, wait)
     started = time.monotonic()
     outcome = CommandAgent().run(request)
     assert time.monotonic() - started < 10
