@@ -8,13 +8,25 @@ for people: a store that cannot take a chunk loses that chunk, never the job.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import redis
+from pydantic import BaseModel
 
 from otto_farm import keys, redact, shell
-from otto_farm.models import LiveChunk, LiveSource
 from otto_farm.store import Store
+
+LiveSource = Literal["setup", "agent", "verify"]
+
+
+class LiveChunk(BaseModel):
+    """A piece of what a running job's command printed, as its task's live stream holds it."""
+
+    run: int  # the task's run number
+    source: LiveSource
+    attempt: int  # 0 for setup
+    text: str
+
 
 CHUNK_CHARS = 4_000  # of one call's output; a chatty command's middle is left out of the live view
 MAXLEN = 1_000  # chunks kept per task: a few MB at most

@@ -200,18 +200,6 @@ class Usage(BaseModel):
 NOT_RETRIED_CODES = frozenset({"agent_cannot_run"})
 
 
-LiveSource = Literal["setup", "agent", "verify"]
-
-
-class LiveChunk(BaseModel):
-    """A piece of what a running job's command printed, as the task's live output holds it (livelog.py)."""
-
-    run: int  # the task's run number
-    source: LiveSource
-    attempt: int  # 0 for setup
-    text: str
-
-
 class Attempt(BaseModel):
     """One agent → verify round inside a job."""
 

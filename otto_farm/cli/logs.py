@@ -11,7 +11,8 @@ import typer
 from otto_farm import livelog
 from otto_farm.cli.common import connected, console, exits_cleanly, run_or_latest
 from otto_farm.errors import InputError
-from otto_farm.models import Attempt, LiveChunk, RunStatus, TaskStatus
+from otto_farm.livelog import LiveChunk
+from otto_farm.models import Attempt, RunStatus, TaskStatus
 from otto_farm.store import Store
 
 FOLLOW_BLOCK_MS = 1000  # between looks at whether the job has ended
