@@ -63,6 +63,15 @@ def summarise(name: str, res: dict[Any, Any], summary: list[list[Any]]) -> None:
         summary.append(
             [f"3. efficiency at -c {top} ({res['n']} tasks)", "≥ 85 %", f"{e:.0f} %", verdict(e >= 85)]
         )
+        sp = res["spread"]
+        summary.append(
+            [
+                f"3. efficiency at {sp['procs']} worker processes × -c {sp['c']} ({res['n']} tasks)",
+                "≥ 85 %",
+                f"{sp['eff']:.0f} %",
+                verdict(sp["eff"] >= 85),
+            ]
+        )
     elif name == "git" and 10000 in res:
         r = res[10000]
         summary.append(

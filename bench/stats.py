@@ -81,7 +81,7 @@ def cpu_s(pid: int) -> tuple[float, float]:
 
 @dataclass
 class CpuUse:
-    """CPU used during a run: the worker's own processes, the commands they ran (git, agent, verify),
+    """CPU used during a run: the workers' own processes, the commands they ran (git, agent, verify),
     and the Redis server."""
 
     python: float = 0.0
@@ -90,10 +90,11 @@ class CpuUse:
 
 
 @contextmanager
-def cpu_used(worker: int, redis_pid: int) -> Iterator[CpuUse]:
-    """Measure the worker's process tree (its pool processes stay alive, so the commands they ran are
-    in their reaped children's time) and Redis over the block."""
-    pids = [worker, *children(worker)]
+def cpu_used(workers: int | list[int], redis_pid: int) -> Iterator[CpuUse]:
+    """Measure the process trees of one worker or several, summed (their pool processes stay alive, so
+    the commands they ran are in their reaped children's time), and Redis over the block."""
+    tops = [workers] if isinstance(workers, int) else workers
+    pids = [p for top in tops for p in (top, *children(top))]
     before = {p: cpu_s(p) for p in pids}
     redis_before = cpu_s(redis_pid)[0]
     use = CpuUse()
