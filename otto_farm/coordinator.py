@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from otto_farm import chords, gate, gitops, pilot, taskrun
+from otto_farm import chords, gate, gitops, pilot, runparts, taskrun
 from otto_farm.errors import InputError
 from otto_farm.models import (
     BatchRecord,
@@ -20,7 +20,7 @@ from otto_farm.models import (
     TaskStatus,
     utcnow,
 )
-from otto_farm.plan import initial, replan
+from otto_farm.plan import carry_on, initial, replan
 from otto_farm.store import LOCK_WAIT_S, Store, new_run_id
 from otto_farm.taskset import LoadedTaskSet
 
@@ -116,8 +116,9 @@ def finish_batch(
     replan decides here. Serialised per run by a lease, and only a `running` batch is handled, so a
     redelivered callback never merges twice.
     """
+    window = runparts.Window(index)  # the batch's tasks: a boundary's reads do not grow with the run
     with store.lock(run_id, wait_s):
-        current = store.get(run_id, tasks=())
+        current = store.get(run_id, tasks=(), window=window)
         if (
             current.status is not RunStatus.running
             or current.batches[index].status is not BatchStatus.running
@@ -133,7 +134,7 @@ def finish_batch(
         for result in missing:
             store.add_result(result)
         if missing:
-            current = store.get(run_id, tasks=current.batches[index].tasks)
+            current = store.get(run_id, tasks=current.batches[index].tasks, window=window)
         batch = current.batches[index]
         if not all(stored(current, k) for k in batch.tasks):
             # Fired early: a job delivered twice counts twice in Celery's chord counter (celery#4207).
@@ -183,7 +184,7 @@ def finish_batch(
             else:
                 close_batch(record, index, outcome.sha, outcome.merged)
 
-        record = store.update(run_id, change)
+        record = store.update(run_id, change, window=window)
     if record.status is RunStatus.cancelled:
         return
     store.emit(
@@ -210,10 +211,11 @@ def close_batch(record: RunRecord, index: int, sha: str, merged: list[str]) -> N
     for key in merged:
         record.tasks[key].merged_sha = sha
     batch.merged_sha = record.integration_sha = sha
-    if pilot.needed(record, index):
+    decision = carry_on(record, index)
+    if decision is None and pilot.needed(record, index):
         batch.status = BatchStatus.deciding
     else:
-        _conclude(record, index, replan(record))
+        _conclude(record, index, decision or replan(record))
 
 
 def send_next_step(store: Store, record: RunRecord, index: int) -> None:
@@ -287,12 +289,14 @@ def _conclude(record: RunRecord, index: int, decision: Decision) -> None:
     batch.status, batch.finished_at = BatchStatus.done, utcnow()
     budget = record.taskset.budget.max_cost_usd
     spent = budget is not None and record.usage.cost_usd >= budget
-    if spent and (record.plan or any(s.error_code == "budget_spent" for s in record.tasks.values())):
+    if spent and (
+        record.plan or any(s.error_code == "budget_spent" for s in runparts.whole(record).tasks.values())
+    ):
         # What merged stays merged; the tasks still planned stay pending.
         record.status, record.finished_at = RunStatus.budget_exceeded, utcnow()
         record.error = f"budget spent: ${record.usage.cost_usd:.4f} of ${budget:.4f}"
     elif not record.plan:
-        done = all(s.status is TaskStatus.passed for s in record.tasks.values())
+        done = all(s.status is TaskStatus.passed for s in runparts.whole(record).tasks.values())
         record.status = RunStatus.passed if done else RunStatus.failed
         record.finished_at = utcnow()
     else:  # in the same write: one record update fewer at each batch boundary

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from otto_farm import gate, gitops, taskrun
+from otto_farm import gate, gitops, runparts, taskrun
 from otto_farm.coordinator import (
     close_batch,
     dispatch_next,
@@ -30,8 +30,9 @@ def finish_gate(
     """The gate chord's callback: the integration branch moves to what passed; a red candidate's prefixes
     are checked for the culprit, which is left out and the rest merged again and checked, until green."""
     checks = {c.label: c for c in (store.add_gate_check(GateCheck.model_validate(r)) for r in results)}
+    window = runparts.Window(index) if index >= 0 else None  # a batch's round reads its window
     with store.lock(run_id, wait_s):
-        current = store.get(run_id, tasks=())
+        current = store.get(run_id, tasks=(), window=window)
         if current.status is not RunStatus.running:
             return
         try:
@@ -162,7 +163,7 @@ def _gated(
             g.pending, g.finished_at = {}, utcnow()
             close_batch(record, index, green, [c.key for c in kept])
 
-    return store.update(current.run_id, change)
+    return store.update(current.run_id, change, window=runparts.Window(index))
 
 
 def _push(work_dir: Path, record: RunRecord, sha: str, ref: str) -> None:

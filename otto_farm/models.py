@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, model_validator
 
 TaskKey = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -382,6 +382,8 @@ class RunRecord(BaseModel):
     error: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
+    # A window of the run (runparts.window): only some of its task states and batches are read.
+    _window: bool = PrivateAttr(default=False)
 
     def add_tasks(self, specs: list[TaskSpec]) -> None:
         """Add tasks to the run, each pending: to its head, its task set and its task states."""

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from otto_farm import pricing, shell
+from otto_farm import pricing, runparts, shell
 from otto_farm.errors import InputError
 from otto_farm.llm import MAX_ANSWER_CHARS, NO_KEY, SDK_NO_KEY, LLMClient, has_key
 from otto_farm.meter import CallFailed
@@ -125,7 +125,7 @@ def needed(record: RunRecord, index: int) -> bool:
         return False
     if not any(record.tasks[k].status in FAILED_STATUSES for k in record.batches[index].tasks):
         return False
-    pending = any(s.status is TaskStatus.pending for s in record.tasks.values())
+    pending = any(s.status is TaskStatus.pending for s in runparts.whole(record).tasks.values())
     return pending or bool(default_retries(record))
 
 

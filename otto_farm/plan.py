@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 
+from otto_farm import runparts
 from otto_farm.errors import OttoFarmError
 from otto_farm.models import FAILED_STATUSES, NOT_RETRIED_CODES, Decision, RunRecord, TaskSet, TaskStatus
 
@@ -138,4 +139,15 @@ def settle(record: RunRecord, decision: Decision) -> Decision:
 
 def replan(record: RunRecord) -> Decision:
     """Retry failed tasks with runs left, skip tasks whose dependencies failed for good, re-layer the rest."""
+    record = runparts.whole(record)
     return settle(record, Decision(source="replan", retry=default_retries(record)))
+
+
+def carry_on(record: RunRecord, index: int) -> Decision | None:
+    """The plan stands when every task of the batch passed and batches remain: there is nothing to retry
+    or skip, and the plan already puts each task after its dependencies. None when the replan or the
+    pilot must decide. It reads the batch alone, so such a boundary reads a window of the run."""
+    batch = record.batches[index]
+    if not record.plan or any(record.tasks[k].status is not TaskStatus.passed for k in batch.tasks):
+        return None
+    return Decision(source="replan", batches=record.plan)

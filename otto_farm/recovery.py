@@ -8,7 +8,7 @@ from pathlib import Path
 
 from celery import Signature
 
-from otto_farm import chords, gate, keys, lease, pilot, taskrun
+from otto_farm import chords, gate, keys, lease, pilot, runparts, taskrun
 from otto_farm.celery_app import CONTROL_QUEUE, PILOT_QUEUE, TASKS_QUEUE
 from otto_farm.coordinator import apply_pilot, dispatch_next, finish_batch, stored
 from otto_farm.errors import Busy, InfrastructureError, InputError
@@ -34,7 +34,7 @@ def reconcile(store: Store, work_dir: Path, run_id: str) -> str | None:
     concluded with nothing dispatched after it. Everything done here is idempotent, so a sweep that
     races the normal flow, or another sweep, changes nothing twice.
     """
-    record = store.get(run_id, tasks=())
+    record = store.get(run_id, tasks=(), window=runparts.Window(-1))  # the last batch: what can be lost
     if record.status is not RunStatus.running:
         store.retire(run_id)
         return None

@@ -7,6 +7,9 @@
 
 A write sends only the parts whose JSON changed (`write`), so a batch boundary writes its batch and
 the tasks it moved, not the run; a job reads the head, its task and its batch (`Store.job_view`).
+A boundary reads a *window* (`Window`): the head, its batch and the last, and their tasks' states
+with those of the next planned batch. Code that needs the whole run calls `whole`, which raises
+`Unread` on a window: `Store.update` then reads the whole run and runs its change again.
 The task states' order is the task set's (the stored one, then the pilot's additions). A run stored
 whole in its head by an earlier version is read as it is and split at its next update.
 """
@@ -36,6 +39,40 @@ class Parts:
     batches: dict[str, str] = field(default_factory=dict)
 
 
+# Stands for a batch a window did not read, so that `record.batches[i]` keeps its meaning; never written.
+UNREAD = BatchRecord.model_construct(index=-1, tasks=[], base_ref="", base_sha="")
+
+
+class Unread(Exception):
+    """Code that needs the whole run was given a window of it."""
+
+
+def whole(record: RunRecord) -> RunRecord:
+    """The record, if every task and batch of it was read; `Unread` if it is a window."""
+    if record._window:
+        raise Unread(record.run_id)
+    return record
+
+
+@dataclass
+class Window:
+    """Which parts a window read holds: batch `batch` (-1: the last) and the last, with their tasks."""
+
+    batch: int
+    count: int = 0  # how many batches the run has (HLEN), filled by the read
+
+    def batch_fields(self) -> list[str]:
+        last = self.count - 1
+        return sorted({str(last if self.batch < 0 else self.batch), str(last)}) if self.count else []
+
+    @staticmethod
+    def task_keys(raw_batches: list[str | None], raw_head: str | None) -> list[str]:
+        """The tasks of the batches read, and of the next planned batch (a boundary may open it)."""
+        keys = [k for raw in raw_batches if raw is not None for k in json.loads(raw)["tasks"]]
+        plan = json.loads(raw_head).get("plan") if raw_head is not None else None
+        return list(dict.fromkeys(keys + (plan[0] if plan else [])))
+
+
 def split(record: RunRecord) -> Parts:
     return Parts(
         record.model_dump_json(exclude=_HEAD_EXCLUDE),
@@ -43,7 +80,7 @@ def split(record: RunRecord) -> Parts:
             k: s.model_dump_json(exclude=_STATE_EXCLUDE, exclude_defaults=True)
             for k, s in record.tasks.items()
         },
-        {str(b.index): b.model_dump_json(exclude_defaults=True) for b in record.batches},
+        {str(b.index): b.model_dump_json(exclude_defaults=True) for b in record.batches if b is not UNREAD},
     )
 
 
@@ -54,21 +91,27 @@ def head(run_id: str, raw: str | None) -> dict[str, Any]:
     return dict(json.loads(raw))
 
 
-def join(parts: Parts, run_id: str, taskset: TaskSet, usage: dict[str, str]) -> RunRecord:
-    """The record from its parts; `taskset` is the run's, with the pilot's tasks laid over it."""
+def join(
+    parts: Parts, run_id: str, taskset: TaskSet, usage: dict[str, str], window: Window | None = None
+) -> RunRecord:
+    """The record from its parts; `taskset` is the run's, with the pilot's tasks laid over it. With
+    `window`, the parts are those of a window read, and the record is marked a window."""
     parsed = head(run_id, parts.head)
     whole_tasks, whole_batches = parsed.pop("tasks", None), parsed.pop("batches", None)  # a whole head
     states = {k: {"key": k, **json.loads(v)} for k, v in parts.tasks.items()} or whole_tasks or {}
-    tasks = {t.key: states[t.key] for t in taskset.tasks if t.key in states}
-    batches = [json.loads(parts.batches[i]) for i in sorted(parts.batches, key=int)] or whole_batches or []
-    data = {
-        **parsed,
-        "taskset": taskset,
-        "usage": usage,
-        "tasks": tasks,
-        "batches": batches,
-    }
-    return RunRecord.model_validate(data)
+    if window is None:
+        states = {t.key: states[t.key] for t in taskset.tasks if t.key in states}
+        ordered = sorted(parts.batches, key=int)
+        batches: list[Any] = [json.loads(parts.batches[i]) for i in ordered] or whole_batches or []
+    else:
+        batches = [UNREAD] * window.count
+        for i, raw in parts.batches.items():
+            batches[int(i)] = BatchRecord.model_validate_json(raw)
+    record = RunRecord.model_validate(
+        {**parsed, "taskset": taskset, "usage": usage, "tasks": states, "batches": batches}
+    )
+    record._window = window is not None
+    return record
 
 
 def write(pipe: Any, run_id: str, parts: Parts, before: Parts | None = None) -> None:

@@ -135,17 +135,48 @@ class Store:
         self.redis.sadd(keys.active_runs_key(), record.run_id)
         self.emit(record.run_id, "run_started", total=len(record.tasks))
 
-    def get(self, run_id: str, tasks: Collection[str] | None = None) -> RunRecord:
-        """The run record, with the results of `tasks` (default: every task's)."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(keys.run_key(run_id))
-            pipe.hgetall(keys.tasks_key(run_id))
-            pipe.hgetall(keys.batches_key(run_id))
-            pipe.hgetall(keys.usage_key(run_id))
-            raw, states, batches, usage = pipe.execute()
-        record = self._join(run_id, runparts.Parts(raw, states, batches), usage)
+    def get(
+        self, run_id: str, tasks: Collection[str] | None = None, window: runparts.Window | None = None
+    ) -> RunRecord:
+        """The run record, with the results of `tasks` (default: every task's it holds); with `window`,
+        a window of it (runparts.Window): what a batch boundary reads, at any size of run."""
+        parts, usage, window = self._read(run_id, window)
+        record = self._join(run_id, parts, usage, window)
         self.fill_results(record, record.tasks if tasks is None else tasks)
         return record
+
+    def _read(
+        self, run_id: str, window: runparts.Window | None
+    ) -> tuple[runparts.Parts, dict[str, str], runparts.Window | None]:
+        """The record's parts as stored, whole or a window's (None: read whole, as a head stored whole
+        by an earlier version is)."""
+        run, tasks, batches = keys.run_key(run_id), keys.tasks_key(run_id), keys.batches_key(run_id)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(run)
+            pipe.hgetall(keys.usage_key(run_id))
+            if window is None:
+                pipe.hgetall(tasks)
+                pipe.hgetall(batches)
+                raw, usage, states, batch_parts = pipe.execute()
+                return runparts.Parts(raw, states, batch_parts), usage, None
+            pipe.hlen(batches)
+            raw, usage, count = pipe.execute()
+            if raw is not None and '"tasks":' in raw and "tasks" in json.loads(raw):
+                return self._read(run_id, None)
+            window = runparts.Window(window.batch, count)
+            fields = window.batch_fields()
+            raw_batches = cast(list[str | None], self.redis.hmget(batches, fields)) if fields else []
+            task_keys = runparts.Window.task_keys(raw_batches, raw)
+            raw_states = cast(list[str | None], self.redis.hmget(tasks, task_keys)) if task_keys else []
+        return (
+            runparts.Parts(
+                raw,
+                {k: v for k, v in zip(task_keys, raw_states, strict=True) if v is not None},
+                {f: v for f, v in zip(fields, raw_batches, strict=True) if v is not None},
+            ),
+            usage,
+            window,
+        )
 
     def job_view(self, run_id: str, key: str, run_no: int, batch: int) -> runparts.JobView:
         """What run `run_no` of task `key` in batch `batch` needs to know, in one round trip: the head,
@@ -205,9 +236,15 @@ class Store:
                 state.status, state.reason, state.started_at = current.status, current.error, None
                 state.error_code = current.error_code
 
-    def _join(self, run_id: str, parts: runparts.Parts, usage: dict[str, str]) -> RunRecord:
+    def _join(
+        self,
+        run_id: str,
+        parts: runparts.Parts,
+        usage: dict[str, str],
+        window: runparts.Window | None = None,
+    ) -> RunRecord:
         taskset = self._run_taskset(run_id, runparts.head(run_id, parts.head))
-        return runparts.join(parts, run_id, taskset, usage)
+        return runparts.join(parts, run_id, taskset, usage, window)
 
     def _run_taskset(self, run_id: str, head: dict[str, Any]) -> TaskSet:
         """The task set as the run sees it: the stored one and the tasks the pilot added (in the head)."""
@@ -228,25 +265,34 @@ class Store:
         return taskset
 
     def update(
-        self, run_id: str, change: Callable[[RunRecord], None], usage: Usage | None = None
+        self,
+        run_id: str,
+        change: Callable[[RunRecord], None],
+        usage: Usage | None = None,
+        window: runparts.Window | None = None,
     ) -> RunRecord:
         """Apply `change` to the record under WATCH/MULTI, retrying on a concurrent write.
 
         `change` may run more than once, so it must only touch the record it is given. It sees no task
         results (they are stored apart, by `add_result`), and neither does the record returned. The
-        run's usage is counted apart: `usage` is added to it in the same transaction.
+        run's usage is counted apart: `usage` is added to it in the same transaction. With `window`,
+        `change` is given a window of the record, and the whole one if it needs it (runparts.Unread).
         """
         names = [keys.run_key(run_id), keys.tasks_key(run_id), keys.batches_key(run_id)]
         usage_key = keys.usage_key(run_id)
         while True:
             with self.redis.pipeline() as pipe:
                 try:
+                    # Read after WATCH (on other connections: one round trip each): a write that
+                    # lands after the read fails the EXEC below, and the change runs again.
                     pipe.watch(*names, usage_key)
-                    raw = cast(str | None, pipe.get(names[0]))
-                    tasks, batches = (cast(dict[str, str], pipe.hgetall(name)) for name in names[1:])
-                    before = runparts.Parts(raw, tasks, batches)
-                    record = self._join(run_id, before, cast(dict[str, str], pipe.hgetall(usage_key)))
-                    change(record)
+                    before, counters, read = self._read(run_id, window)
+                    record = self._join(run_id, before, counters, read)
+                    try:
+                        change(record)
+                    except runparts.Unread:
+                        window = None
+                        continue
                     pipe.multi()
                     runparts.write(pipe, run_id, runparts.split(record), before)
                     if usage is not None:
