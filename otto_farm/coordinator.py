@@ -182,7 +182,7 @@ def finish_batch(
                     GateState(chain=chain, pending={gate.FULL: outcome.sha}),
                 )
             else:
-                close_batch(record, index, outcome.sha, outcome.merged)
+                close_batch(record, index, outcome.sha)
 
         record = store.update(run_id, change, window=window)
     if record.status is RunStatus.cancelled:
@@ -205,11 +205,10 @@ def mark_conflicts(record: RunRecord, conflicts: dict[str, list[str]]) -> None:
         state.status, state.reason = TaskStatus.merge_conflict, "conflict in " + ", ".join(files)
 
 
-def close_batch(record: RunRecord, index: int, sha: str, merged: list[str]) -> None:
-    """The batch's merges are on the integration branch at `sha`: decide what comes next."""
+def close_batch(record: RunRecord, index: int, sha: str) -> None:
+    """The batch's merges are on the integration branch at `sha` (its passed tasks' `merged_sha`, which
+    the store derives from the batch's, runparts.join): decide what comes next."""
     batch = record.batches[index]
-    for key in merged:
-        record.tasks[key].merged_sha = sha
     batch.merged_sha = record.integration_sha = sha
     decision = carry_on(record, index)
     if decision is None and pilot.needed(record, index):

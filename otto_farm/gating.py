@@ -161,7 +161,7 @@ def _gated(
             g.search, g.pending = False, {gate.FULL: merged_out.sha}
         else:
             g.pending, g.finished_at = {}, utcnow()
-            close_batch(record, index, green, [c.key for c in kept])
+            close_batch(record, index, green)
 
     return store.update(current.run_id, change, window=runparts.Window(index))
 

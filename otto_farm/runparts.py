@@ -22,12 +22,13 @@ from typing import Any
 
 from otto_farm import keys
 from otto_farm.errors import InputError
-from otto_farm.models import BatchRecord, RunRecord, TaskSet, TaskState
+from otto_farm.models import BatchRecord, RunRecord, TaskSet, TaskState, TaskStatus
 
 _HEAD_EXCLUDE: Any = {"taskset": True, "usage": True, "tasks": True, "batches": True}
 # A task's results have a hash of their own; when its job started is read from the started hash; its
-# key is the hash's field. Defaults are left out too: a state is kept at about half its size.
-_STATE_EXCLUDE = {"key", "results", "started_at"}
+# key is the hash's field; its merged sha is its batch's (`join`). Defaults are left out too: a state
+# is kept at about a quarter of its size.
+_STATE_EXCLUDE = {"key", "results", "started_at", "merged_sha"}
 
 
 @dataclass
@@ -110,6 +111,9 @@ def join(
     record = RunRecord.model_validate(
         {**parsed, "taskset": taskset, "usage": usage, "tasks": states, "batches": batches}
     )
+    for state in record.tasks.values():  # a passed task is on the integration branch since its batch
+        if state.status is TaskStatus.passed and state.batch is not None:
+            state.merged_sha = record.batches[state.batch].merged_sha
     record._window = window is not None
     return record
 
