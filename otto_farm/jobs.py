@@ -69,11 +69,9 @@ def run_task(self: Any, run_id: str, task_key: str, run_no: int, batch: int) -> 
     store = _store()
 
     def progress(phase: str, attempt: int) -> None:
+        # One channel, the run's event stream, which status, logs and submit read: Celery's PROGRESS
+        # state (update_state) cost a result-backend write and publish per phase besides.
         try:
-            self.update_state(
-                state="PROGRESS",
-                meta={"run_id": run_id, "task": task_key, "phase": phase, "attempt": attempt},
-            )
             store.emit(run_id, "task_phase", task=task_key, phase=phase, attempt=attempt)
         except RedisError:  # a report for display: a blip in the store must not end the job
             logger.warning("progress of %s not reported: the store is unreachable", task_key)
