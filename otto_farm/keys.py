@@ -100,6 +100,11 @@ def live_key(run_id: str, task: str) -> str:
     return f"{PREFIX}:run:{run_id}:live:{task}"
 
 
+def sandboxes_key(run_id: str) -> str:
+    """Set of the sandbox kinds the run's jobs ran in (`status` warns of `none` without reading results)."""
+    return f"{PREFIX}:run:{run_id}:sandboxes"
+
+
 def started_key(run_id: str) -> str:
     """Hash of when each job of the run started, field `<task>#<run_no>`; expires like results."""
     return f"{PREFIX}:run:{run_id}:started"

@@ -20,6 +20,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from otto_farm import keys
 from otto_farm.errors import InputError
 from otto_farm.models import BatchRecord, RunRecord, TaskSet, TaskState, TaskStatus
@@ -92,6 +94,19 @@ def head(run_id: str, raw: str | None) -> dict[str, Any]:
     return dict(json.loads(raw))
 
 
+_STATES: TypeAdapter[dict[str, TaskState]] = TypeAdapter(dict[str, TaskState])
+_BATCHES: TypeAdapter[list[BatchRecord]] = TypeAdapter(list[BatchRecord])
+
+
+def _states_json(states: dict[str, str], order: list[str]) -> str:
+    """One JSON object of the stored states, in `order`, each with its key put back."""
+    out = []
+    for key in order:
+        quoted, raw = json.dumps(key), states[key]
+        out.append(f'{quoted}:{{"key":{quoted}' + ("}" if raw == "{}" else "," + raw[1:]))
+    return "{" + ",".join(out) + "}"
+
+
 def join(
     parts: Parts, run_id: str, taskset: TaskSet, usage: dict[str, str], window: Window | None = None
 ) -> RunRecord:
@@ -99,20 +114,24 @@ def join(
     `window`, the parts are those of a window read, and the record is marked a window."""
     parsed = head(run_id, parts.head)
     whole_tasks, whole_batches = parsed.pop("tasks", None), parsed.pop("batches", None)  # a whole head
-    states = {k: {"key": k, **json.loads(v)} for k, v in parts.tasks.items()} or whole_tasks or {}
     if window is None:
-        states = {t.key: states[t.key] for t in taskset.tasks if t.key in states}
-        ordered = sorted(parts.batches, key=int)
-        batches: list[Any] = [json.loads(parts.batches[i]) for i in ordered] or whole_batches or []
+        order = [t.key for t in taskset.tasks if t.key in parts.tasks]
+        states = _STATES.validate_json(_states_json(parts.tasks, order)) if order else whole_tasks or {}
+        ordered = ",".join(parts.batches[i] for i in sorted(parts.batches, key=int))
+        batches: list[Any] = _BATCHES.validate_json(f"[{ordered}]") if ordered else whole_batches or []
     else:
+        states = _STATES.validate_json(_states_json(parts.tasks, list(parts.tasks)))
         batches = [UNREAD] * window.count
         for i, raw in parts.batches.items():
             batches[int(i)] = BatchRecord.model_validate_json(raw)
+    # The parts come validated (from their JSON, in one pass each: twice as fast as json.loads and
+    # validating the objects), and pydantic keeps model instances as they are.
     record = RunRecord.model_validate(
         {**parsed, "taskset": taskset, "usage": usage, "tasks": states, "batches": batches}
     )
+    count = len(record.batches)
     for state in record.tasks.values():  # a passed task is on the integration branch since its batch
-        if state.status is TaskStatus.passed and state.batch is not None:
+        if state.status is TaskStatus.passed and state.batch is not None and state.batch < count:
             state.merged_sha = record.batches[state.batch].merged_sha
     record._window = window is not None
     return record

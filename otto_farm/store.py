@@ -41,16 +41,18 @@ CANCEL_TTL_S = 7 * 24 * 3600  # long after any job of the run could still be run
 LOG_TTL_S = 14 * 24 * 3600
 LOCK_WAIT_S = 600.0  # a callback waits this long for another's merge before leaving the batch to the sweep
 TASKSET_CACHE = 64  # task sets kept parsed per process: a run's never changes
-# add_result in one round trip: the first result of a run is kept, counted and announced; a later one
-# gets the kept one back. KEYS: results, usage, events. ARGV: field, result, ttl, events maxlen, the
-# number of counters, counter/amount pairs, then the event's field/value pairs.
+# add_result in one round trip: the first result of a run is kept, counted and announced, and its
+# sandbox kind noted; a later one gets the kept one back. KEYS: results, usage, events, sandboxes.
+# ARGV: field, result, ttl, events maxlen, sandbox kind ('' if none), the number of counters,
+# counter/amount pairs, then the event's field/value pairs.
 _ADD_RESULT = """
 local kept = redis.call('hget', KEYS[1], ARGV[1])
 if kept then return kept end
 redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
 redis.call('expire', KEYS[1], ARGV[3])
-local event = 6 + 2 * tonumber(ARGV[5])
-for i = 6, event - 1, 2 do redis.call('hincrbyfloat', KEYS[2], ARGV[i], ARGV[i + 1]) end
+if ARGV[5] ~= '' then redis.call('sadd', KEYS[4], ARGV[5]) end
+local event = 7 + 2 * tonumber(ARGV[6])
+for i = 7, event - 1, 2 do redis.call('hincrbyfloat', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('xadd', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, event))
 return false
 """
@@ -325,12 +327,14 @@ class Store:
                 keys.results_key(result.run_id),
                 keys.usage_key(result.run_id),
                 keys.events_key(result.run_id),
+                keys.sandboxes_key(result.run_id),
             ],
             args=[
                 _field(result.task_key, result.run_no),
                 result.model_dump_json(),
                 LOG_TTL_S,
                 EVENTS_MAXLEN,
+                result.sandbox or "",
                 len(counters),
                 *(x for pair in counters for x in pair),
                 *(x for pair in event.items() for x in pair),
@@ -383,6 +387,10 @@ class Store:
     def transcript(self, run_id: str, key: str, run_no: int, attempt: int) -> list[dict[str, Any]]:
         raw = cast(str | None, self.redis.hget(keys.transcripts_key(run_id), _field(key, run_no, attempt)))
         return cast(list[dict[str, Any]], json.loads(raw)) if raw else []
+
+    def sandboxes(self, run_id: str) -> list[str]:
+        """The sandbox kinds the run's jobs ran in, as their results said."""
+        return sorted(cast(set[str], self.redis.smembers(keys.sandboxes_key(run_id))))
 
     def run_ids(self, limit: int = 50) -> list[str]:
         return cast(list[str], self.redis.zrevrange(keys.runs_index_key(), 0, limit - 1))

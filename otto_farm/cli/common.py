@@ -108,10 +108,12 @@ TASK_HEADERS = ("task", "batch", "status", "attempts", "runs", "sha", "duration"
 _FIRST = {TaskStatus.running: 0, **dict.fromkeys(FAILED_STATUSES, 1), TaskStatus.pending: 2}
 
 
-def task_rows(record: RunRecord) -> list[tuple[str, ...]]:
+def task_rows(record: RunRecord, keys: list[str] | None = None) -> list[tuple[str, ...]]:
+    """A row per task (of `keys`, default every task), from its state and its last result."""
     added = {t.key for t in record.added_tasks}
     rows: list[tuple[str, ...]] = []
-    for key, state in record.tasks.items():
+    for key in record.tasks if keys is None else keys:
+        state = record.tasks[key]
         last = state.last
         rows.append(
             (
@@ -129,18 +131,18 @@ def task_rows(record: RunRecord) -> list[tuple[str, ...]]:
     return rows
 
 
-def fitting(rows: list[tuple[str, ...]], room: int) -> tuple[list[tuple[str, ...]], str | None]:
-    """At most `room` rows, those that need a look first, in the run's order; and a line for the rest."""
-    if len(rows) <= room:
-        return rows, None
-    ranked = sorted(range(len(rows)), key=lambda i: (_FIRST.get(TaskStatus(rows[i][2]), 3), i))
-    shown = sorted(ranked[:room])
+def fitting(statuses: list[str], room: int) -> tuple[list[int], str | None]:
+    """Which of these tasks (by position) fit `room` rows, those that need a look first, in the run's
+    order; and a line for the rest."""
+    if len(statuses) <= room:
+        return list(range(len(statuses))), None
+    ranked = sorted(range(len(statuses)), key=lambda i: (_FIRST.get(TaskStatus(statuses[i]), 3), i))
     rest: dict[str, int] = {}
     for i in ranked[room:]:
-        rest[rows[i][2]] = rest.get(rows[i][2], 0) + 1
+        rest[statuses[i]] = rest.get(statuses[i], 0) + 1
     counts = ", ".join(f"{n:,} {status}" for status, n in sorted(rest.items()))
     more = f"... {len(ranked) - room:,} more tasks ({counts}): `status --all`, or a pipe, shows every one"
-    return [rows[i] for i in shown], more
+    return sorted(ranked[:room]), more
 
 
 def task_table(record: RunRecord, rows: list[tuple[str, ...]] | None = None) -> Table:
@@ -167,15 +169,22 @@ def plain_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def terminal_view(record: RunRecord, everything: bool = False) -> list[Any]:
-    """What a terminal shows of a run: the tasks that fit its height, why the failed ones did, totals."""
-    rows, more = task_rows(record), None
+def terminal_view(store: Store, record: RunRecord, everything: bool = False) -> list[Any]:
+    """What a terminal shows of a run: the tasks that fit its height, why the failed ones did, totals.
+
+    `record` may come without results (`Store.get(tasks=())`): only the shown tasks' are read, so a
+    look at a 10,000-task run reads a screenful of results, not 10,000.
+    """
+    keys, more = list(record.tasks), None
     if not everything:
-        rows, more = fitting(rows, max(console.height - 10, 10))
+        shown, more = fitting([s.status.value for s in record.tasks.values()], max(console.height - 10, 10))
+        keys = [keys[i] for i in shown]
+    store.fill_results(record, [k for k in keys if record.tasks[k].runs and not record.tasks[k].results])
     causes = cause_lines(record)
     if not everything and len(causes) > 10:
         causes = [*causes[:10], f"  ... {len(causes) - 10:,} more failed or skipped"]
-    return [task_table(record, rows), *([more] if more else []), *causes, summary_line(record)]
+    rows = task_rows(record, keys)
+    return [task_table(record, rows), *([more] if more else []), *causes, summary_line(store, record)]
 
 
 def print_table(table: Table) -> None:
@@ -187,17 +196,17 @@ def print_table(table: Table) -> None:
     Console(file=console.file, width=width, highlight=False).print(table, soft_wrap=False)
 
 
-def print_run(record: RunRecord, everything: bool = False) -> None:
+def print_run(store: Store, record: RunRecord, everything: bool = False) -> None:
     """A run's tasks, why those that failed did, and its summary: on a terminal what fits (all with
-    `everything`), piped or redirected every task, as plain text."""
+    `everything`), piped or redirected every task, as plain text (`record` with every result)."""
     if console.is_terminal:
-        table, *lines = terminal_view(record, everything)
+        table, *lines = terminal_view(store, record, everything)
         console.print(table, soft_wrap=False)
         for line in lines:
             console.print(line, markup=False)
         return
     console.file.write(f"run {record.run_id}\n" + plain_table(TASK_HEADERS, task_rows(record)))
-    for line in [*cause_lines(record), summary_line(record)]:
+    for line in [*cause_lines(record), summary_line(store, record)]:
         console.print(line, markup=False)
 
 
@@ -262,9 +271,12 @@ def state_line(key: str, state: TaskState) -> str:
     return f"{key} {state.status.value}{code}" + (f": {cause}" if cause else "")
 
 
-def summary_line(record: RunRecord) -> str:
+def summary_line(store: Store, record: RunRecord) -> str:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(record.counts().items()))
-    kinds = sorted({r.sandbox for s in record.tasks.values() for r in s.results if r.sandbox})
+    # The store's set, which results alone fill; a run stored before it was kept has only its results.
+    kinds = store.sandboxes(record.run_id) or sorted(
+        {r.sandbox for s in record.tasks.values() for r in s.results if r.sandbox}
+    )
     return (
         f"run {record.run_id} {record.status.value}: {counts}; integration branch "
         f"{record.integration_branch} at {short(record.integration_sha)}; cost ${record.usage.cost_usd:.4f}"

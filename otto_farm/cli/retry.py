@@ -33,6 +33,6 @@ def retry(
             record = follow(store, run_id, proc, after=seen[-1][0] if seen else "0")
         except KeyboardInterrupt:
             interrupted(store, run_id)
-    print_run(record)
+        print_run(store, record)  # while connected: it reads the run's sandbox kinds
     passed = record.tasks[task].status is TaskStatus.passed
     raise typer.Exit(3 if record.status is RunStatus.error else 0 if passed else 1)

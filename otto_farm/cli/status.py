@@ -37,8 +37,10 @@ def status(
     ] = False,
 ) -> None:
     """Every task of a run (default: the latest): batch, status, attempts, runs, branch, sha, duration."""
+    # A terminal shows what fits: the task states, and the results of the shown tasks alone.
+    lean = console.is_terminal and not (json_out or pilot or everything)
     with connected(jobs=False) as (store, _):
-        record = store.get(run_or_latest(store, run_id))
+        record = store.get(run_or_latest(store, run_id), tasks=() if lean else None)
         if json_out:
             write_json(record.model_dump_json(indent=2))
             return
@@ -48,15 +50,15 @@ def status(
         if watch and not console.is_terminal:  # piped or redirected: a line per change, then the whole
             record = watch_lines(store, record)
         if not watch or not console.is_terminal:
-            print_run(record, everything)
+            print_run(store, record, everything)
             return
         with Live(console=console, auto_refresh=False) as live:
             while True:
-                live.update(Group(*terminal_view(record, everything)), refresh=True)
+                live.update(Group(*terminal_view(store, record, everything)), refresh=True)
                 if record.status is not RunStatus.running:
                     return
                 time.sleep(1)
-                record = store.get(record.run_id)
+                record = store.get(record.run_id, tasks=() if lean else None)
 
 
 def watch_lines(store: Store, record: RunRecord) -> RunRecord:

@@ -99,7 +99,7 @@ def run(
             record = follow(store, record.run_id, proc)
         except KeyboardInterrupt:
             interrupted(store, record.run_id)
-    print_run(record)
+        print_run(store, record)  # while connected: it reads the run's sandbox kinds
     raise typer.Exit(EXIT_CODES[record.status])
 
 
