@@ -17,7 +17,7 @@ from otto_farm import coordinator, gate, gating, keys, llm, pilot, recovery, san
 from otto_farm.celery_app import CONTROL_QUEUE, PILOT_QUEUE, TASKS_QUEUE, app
 from otto_farm.lease import Lease, Lock
 from otto_farm.meter import Meter
-from otto_farm.models import BatchStatus, GateCheck, PilotAnswer
+from otto_farm.models import BatchStatus, GateCheck, PilotAnswer, RunStatus
 from otto_farm.settings import Settings
 from otto_farm.store import Store
 
@@ -174,6 +174,8 @@ def pilot_job(run_id: str, batch: int) -> dict[str, Any]:
     record = store.get(run_id)
     if record.batches[batch].status is not BatchStatus.deciding:  # redelivered after its answer was applied
         return PilotAnswer(batch=batch, model="", error="already decided").model_dump(mode="json")
+    if record.status is not RunStatus.running:  # cancelled while it waited: an answer nobody would apply
+        return PilotAnswer(batch=batch, model="", error=f"run {record.status.value}").model_dump(mode="json")
     held = Lease(store.redis, run_id, pilot.job_id(run_id, batch), _settings().lease_s)
     if not held.acquire():  # another delivery is asking right now; its answer is the one applied
         return PilotAnswer(batch=batch, model="", superseded=True).model_dump(mode="json")

@@ -70,7 +70,8 @@ def test_429s_are_waited_out_by_the_whole_fleet_and_cost_no_task_run(
         assert not [r for r in requests if at + IN_FLIGHT_S < r.at < at + RETRY_AFTER_S - 0.05], limited
     assert record.usage.rate_limited == 3 and record.usage.api_calls == 8
     assert record.usage.limit_wait_s >= RETRY_AFTER_S
-    assert "; API: 8 calls, " in summary_line(record) and "3×429" in summary_line(record)
+    line = summary_line(store, record)
+    assert "; API: 8 calls, " in line and "3×429" in line
 
 
 def test_a_requests_per_minute_limit_holds_across_two_workers(

@@ -13,11 +13,12 @@ from jsonschema import Draft202012Validator
 from test_cli import otto
 
 from otto_farm.celery_app import app
-from otto_farm.models import RunStatus, TaskSpec, TaskStatus
+from otto_farm.models import BatchRecord, BatchStatus, RunStatus, TaskSpec, TaskState, TaskStatus
 from otto_farm.pilot import PilotDecision
 from otto_farm.scripted_server import ScriptedReply, schema_problem
+from otto_farm.store import new_run_id
 
-from conftest import branch_files
+from conftest import branch_files, make_record
 
 GOOD_ANSWER = {
     "failure_analysis": {"b": {"category": "spec_ambiguity", "explanation": "b needs the marker"}},
@@ -268,3 +269,18 @@ def test_a_pilot_without_a_key_is_said_up_front_and_its_fallback_names_the_cause
     assert note < next(i for i, line in enumerate(lines) if line.startswith("batch 1")), proc.stdout
     assert "pilot: fell back to the replan: no API key" in proc.stdout, proc.stdout
     assert "TypeError" not in proc.stdout and "Could not resolve" not in proc.stdout
+
+
+def test_a_pilot_job_of_a_cancelled_run_asks_nothing(pilot_server, store, worker):
+    """A pilot job still queued when its run was cancelled would pay for an answer nobody applies."""
+    record = make_record(
+        [{"key": "a", "prompt": "p"}, {"key": "b", "prompt": "p", "depends_on": ["a"]}],
+        {"a": TaskState(key="a", status=TaskStatus.failed, batch=0, runs=1)},
+    )
+    record.run_id, record.status = new_run_id(), RunStatus.cancelled
+    record.batches = [BatchRecord(index=0, tasks=["a"], base_ref="main", base_sha="0" * 40)]
+    record.batches[0].status = BatchStatus.deciding
+    store.create(record)
+    pilot_server.script(ScriptedReply(tool_input=GOOD_ANSWER))
+    answer = app.signature("otto_farm.pilot", args=(record.run_id, 0)).apply_async().get(timeout=30)
+    assert answer["error"] == "run cancelled" and not pilot_server.requests
