@@ -389,9 +389,26 @@ REQUIRED_PARTS = {p.strip() for p in os.environ.get("OTTO_FARM_TEST_REQUIRE", ""
 PART_OUTCOMES: dict[str, dict[str, str]] = {}  # part → test id → "ran" or why it skipped
 
 
+# Slow real parts: a test marked `@pytest.mark.slow_part(what)` (Docker compose, the real agent CLIs) is
+# skipped, saying so, unless `--slow-parts` is given: the default run stays short, and .ci/run runs them
+# after it. Such a skip never fails its required part: the run asked for it.
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow-parts", action="store_true", help="also run the tests marked slow_part")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--slow-parts"):
+        return
+    for item in items:
+        if marker := item.get_closest_marker("slow_part"):
+            why = f"slow real part ({marker.args[0]}): not in the default run; `pytest --slow-parts` runs it"
+            item.add_marker(pytest.mark.skip(reason=f"{why}, as .ci/run does"))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Note each optional-part test's outcome; a required part's skip becomes a failure."""
+    """Note each optional-part test's outcome; a required part's skip becomes a failure (not a slow
+    part's skip in the default run)."""
     report = yield
     marker = item.get_closest_marker("part")
     if marker is None:
@@ -402,7 +419,8 @@ def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestR
         longrepr = report.longrepr
         why = (longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)).removeprefix("Skipped: ")
         outcomes[item.nodeid] = "skipped: " + why.partition("\n")[0]  # the summary stays one line a part
-        if part in REQUIRED_PARTS:
+        slow_skip = item.get_closest_marker("slow_part") and not item.config.getoption("--slow-parts")
+        if part in REQUIRED_PARTS and not slow_skip:
             report.outcome = "failed"
             report.longrepr = f"{part} is required (OTTO_FARM_TEST_REQUIRE), yet its test skipped: {why}"
     elif report.when == "call":

@@ -44,6 +44,8 @@ COMPOSE_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("OTTO_FA
 }
 
 pytestmark = [pytest.mark.part("docker"), pytest.mark.timeout(900)]
+# Building the image and running the whole file take minutes: only with --slow-parts (as .ci/run runs).
+SLOW = pytest.mark.slow_part("docker compose, about 2 minutes")
 
 # Inside the compose worker's container: the sandbox `auto` gives, and what a command in it sees.
 PROBE = """
@@ -136,6 +138,7 @@ def built() -> Iterator[None]:
     compose("down", "-v", "--remove-orphans", timeout_s=120)
 
 
+@SLOW
 def test_the_compose_worker_runs_task_commands_in_bwrap(built: None) -> None:
     """The worker service as compose starts it (its user, its privileges) makes bubblewrap's namespaces,
     so `auto` is bwrap there: a command runs as the ordinary user, sees no farm home and only its
@@ -310,6 +313,7 @@ def submitted(farm: Farm, git_server: GitServer, tmp_path_factory: pytest.TempPa
     )
 
 
+@SLOW
 def test_up_is_healthy_with_an_init_and_redis_wants_its_password(farm: Farm) -> None:
     assert len(farm.containers["worker"]) == WORKERS
     for service in ("worker", "control", "pilot", "flower"):
@@ -321,6 +325,7 @@ def test_up_is_healthy_with_an_init_and_redis_wants_its_password(farm: Farm) -> 
     assert redis.Redis(port=farm.redis_port, password=PASSWORD, socket_timeout=5).ping()
 
 
+@SLOW
 def test_a_run_from_the_host_spreads_over_the_three_workers(
     farm: Farm, git_server: GitServer, submitted: Submitted
 ) -> None:
@@ -362,6 +367,7 @@ def flower_get(farm: Farm, path: str, auth: str | None) -> tuple[int, bytes]:
         return exc.code, b""
 
 
+@SLOW
 def test_flower_answers_with_basic_auth_only(farm: Farm) -> None:
     assert flower_get(farm, "/api/workers", None)[0] == 401
     assert flower_get(farm, "/api/workers", "otto:wrong")[0] == 401
@@ -377,6 +383,7 @@ def test_flower_answers_with_basic_auth_only(farm: Farm) -> None:
         time.sleep(1)
 
 
+@SLOW
 def test_the_worker_health_check_is_cheap_and_sees_a_stuck_worker(farm: Farm) -> None:
     """The health check of compose's workers, as Docker runs it: 0 while Celery runs, 1 while its main
     process is stopped (SIGSTOP), 0 again once it goes on; and far below `celery inspect ping`'s cost."""
@@ -399,6 +406,7 @@ def test_the_worker_health_check_is_cheap_and_sees_a_stuck_worker(farm: Farm) ->
     assert docker("exec", container, "sh", "-c", test[1]).returncode == 0
 
 
+@SLOW
 def test_a_restart_keeps_the_runs(farm: Farm, submitted: Submitted, tmp_path: Path) -> None:
     """Redis killed (no shutdown save: the AOF on the volume is what it reads back), then every service
     restarted: the farm comes back healthy and `otto-farm runs` still lists the run, passed."""

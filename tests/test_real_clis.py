@@ -52,6 +52,8 @@ INSTALL_TIMEOUT_S = 900
 KEY = "scripted-test-key"
 DEAD_PROXY = "http://127.0.0.1:9"  # nothing listens there: a call to anywhere but loopback fails at once
 RUN_TIMEOUT_S = 180
+# A farm of its own and the CLIs' start-ups (aider's alone takes seconds): only with --slow-parts, as .ci/run.
+pytestmark = pytest.mark.slow_part("the real agent CLIs, about a minute")
 
 
 def install(cache: Path = CACHE) -> dict[str, Path | str]:
