@@ -76,6 +76,36 @@ class Window:
         return list(dict.fromkeys(keys + (plan[0] if plan else [])))
 
 
+def read(client: Any, run_id: str, window: Window | None) -> tuple[Parts, dict[str, str], Window | None]:
+    """The record's parts as stored, and its usage counters: whole, or a window's (the window returned
+    says how many batches the run has; None: read whole, as a head stored whole by an earlier version
+    is)."""
+    run, tasks, batches = keys.run_key(run_id), keys.tasks_key(run_id), keys.batches_key(run_id)
+    with client.pipeline(transaction=False) as pipe:
+        pipe.get(run)
+        pipe.hgetall(keys.usage_key(run_id))
+        if window is None:
+            pipe.hgetall(tasks)
+            pipe.hgetall(batches)
+            raw, usage, states, batch_parts = pipe.execute()
+            return Parts(raw, states, batch_parts), usage, None
+        pipe.hlen(batches)
+        raw, usage, count = pipe.execute()
+    if raw is not None and '"tasks":' in raw and "tasks" in json.loads(raw):
+        return read(client, run_id, None)
+    window = Window(window.batch, count)
+    fields = window.batch_fields()
+    raw_batches: list[str | None] = client.hmget(batches, fields) if fields else []
+    task_keys = Window.task_keys(raw_batches, raw)
+    raw_states: list[str | None] = client.hmget(tasks, task_keys) if task_keys else []
+    parts = Parts(
+        raw,
+        {k: v for k, v in zip(task_keys, raw_states, strict=True) if v is not None},
+        {f: v for f, v in zip(fields, raw_batches, strict=True) if v is not None},
+    )
+    return parts, usage, window
+
+
 def split(record: RunRecord) -> Parts:
     return Parts(
         record.model_dump_json(exclude=_HEAD_EXCLUDE),

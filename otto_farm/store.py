@@ -142,43 +142,10 @@ class Store:
     ) -> RunRecord:
         """The run record, with the results of `tasks` (default: every task's it holds); with `window`,
         a window of it (runparts.Window): what a batch boundary reads, at any size of run."""
-        parts, usage, window = self._read(run_id, window)
+        parts, usage, window = runparts.read(self.redis, run_id, window)
         record = self._join(run_id, parts, usage, window)
         self.fill_results(record, record.tasks if tasks is None else tasks)
         return record
-
-    def _read(
-        self, run_id: str, window: runparts.Window | None
-    ) -> tuple[runparts.Parts, dict[str, str], runparts.Window | None]:
-        """The record's parts as stored, whole or a window's (None: read whole, as a head stored whole
-        by an earlier version is)."""
-        run, tasks, batches = keys.run_key(run_id), keys.tasks_key(run_id), keys.batches_key(run_id)
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(run)
-            pipe.hgetall(keys.usage_key(run_id))
-            if window is None:
-                pipe.hgetall(tasks)
-                pipe.hgetall(batches)
-                raw, usage, states, batch_parts = pipe.execute()
-                return runparts.Parts(raw, states, batch_parts), usage, None
-            pipe.hlen(batches)
-            raw, usage, count = pipe.execute()
-            if raw is not None and '"tasks":' in raw and "tasks" in json.loads(raw):
-                return self._read(run_id, None)
-            window = runparts.Window(window.batch, count)
-            fields = window.batch_fields()
-            raw_batches = cast(list[str | None], self.redis.hmget(batches, fields)) if fields else []
-            task_keys = runparts.Window.task_keys(raw_batches, raw)
-            raw_states = cast(list[str | None], self.redis.hmget(tasks, task_keys)) if task_keys else []
-        return (
-            runparts.Parts(
-                raw,
-                {k: v for k, v in zip(task_keys, raw_states, strict=True) if v is not None},
-                {f: v for f, v in zip(fields, raw_batches, strict=True) if v is not None},
-            ),
-            usage,
-            window,
-        )
 
     def job_view(self, run_id: str, key: str, run_no: int, batch: int) -> runparts.JobView:
         """What run `run_no` of task `key` in batch `batch` needs to know, in one round trip: the head,
@@ -288,7 +255,7 @@ class Store:
                     # Read after WATCH (on other connections: one round trip each): a write that
                     # lands after the read fails the EXEC below, and the change runs again.
                     pipe.watch(*names, usage_key)
-                    before, counters, read = self._read(run_id, window)
+                    before, counters, read = runparts.read(self.redis, run_id, window)
                     record = self._join(run_id, before, counters, read)
                     try:
                         change(record)
