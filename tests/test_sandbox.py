@@ -200,19 +200,23 @@ def test_a_killed_jobs_commands_never_write_into_a_later_branch(
     monkeypatch.setattr(chords, "chord", lambda header: lambda callback: None)  # this test runs the jobs
     run_id = coordinator.start(store, taskset.load(write_taskset(data))).run_id
     monkeypatch.undo()
-    job = multiprocessing.get_context("fork").Process(
-        target=taskrun.run, args=(store, work_dir, run_id, "dead", 1, 0)
-    )
-    job.start()
-    wait_for(lambda: any(work_dir.glob("repos/*/slot-*/started")))
-    os.kill(job.pid, signal.SIGKILL)  # the pool process dies; what it started may not
-    job.join()
-    result = taskrun.run(store, work_dir, run_id, "next", 1, 0)
-    cache = next(work_dir.glob("repos/*/cache.git"))
+    # Nor may the session worker's sweep look after it: `dead`, claimed and killed, would be sent to it
+    # once its lease lapsed (30 s on), and its `sleep 60` would hold a slot of a later test's worker.
+    store.retire(run_id)
     try:
+        job = multiprocessing.get_context("fork").Process(
+            target=taskrun.run, args=(store, work_dir, run_id, "dead", 1, 0)
+        )
+        job.start()
+        wait_for(lambda: any(work_dir.glob("repos/*/slot-*/started")))
+        os.kill(job.pid, signal.SIGKILL)  # the pool process dies; what it started may not
+        job.join()
+        result = taskrun.run(store, work_dir, run_id, "next", 1, 0)
+        cache = next(work_dir.glob("repos/*/cache.git"))
         files = set(git(["ls-tree", "-r", "--name-only", result.commit_sha or "HEAD"], cwd=cache).split())
     finally:
         subprocess.run(["pkill", "-f", "evil-"], check=False)
+        coordinator.cancel(store, run_id)  # no run left running for a later test to meet
     foreign = sorted(f for f in files if f.startswith("evil") or f == "started")
     verdict = "NOT CONTAINED" if foreign else "contained"
     report("sandbox probes", f"{kind}: a killed job's agent writes into a later branch: {verdict}")
