@@ -137,16 +137,38 @@ def _states_json(states: dict[str, str], order: list[str]) -> str:
     return "{" + ",".join(out) + "}"
 
 
+class Seen(dict[str, tuple[str, TaskState]]):
+    """The task states a reader parsed, by key, with the JSON they were parsed from: a reader that
+    looks again and again (`status --watch`) parses only the states that changed. It gets the same
+    objects back, with what it did to them (the results it loaded): a reader of one run's states."""
+
+
+def _states(parts: Parts, order: list[str], seen: Seen | None) -> dict[str, TaskState]:
+    """The stored states of `order`, parsed, or taken from `seen` where their JSON did not change."""
+    fresh = order if seen is None else [k for k in order if seen.get(k, ("",))[0] != parts.tasks[k]]
+    parsed = _STATES.validate_json(_states_json(parts.tasks, fresh)) if fresh else {}
+    if seen is None:
+        return parsed
+    seen.update((k, (parts.tasks[k], parsed[k])) for k in fresh)
+    return {k: seen[k][1] for k in order}
+
+
 def join(
-    parts: Parts, run_id: str, taskset: TaskSet, usage: dict[str, str], window: Window | None = None
+    parts: Parts,
+    run_id: str,
+    taskset: TaskSet,
+    usage: dict[str, str],
+    window: Window | None = None,
+    seen: Seen | None = None,
 ) -> RunRecord:
     """The record from its parts; `taskset` is the run's, with the pilot's tasks laid over it. With
-    `window`, the parts are those of a window read, and the record is marked a window."""
+    `window`, the parts are those of a window read, and the record is marked a window; with `seen`,
+    unchanged task states are not parsed again."""
     parsed = head(run_id, parts.head)
     whole_tasks, whole_batches = parsed.pop("tasks", None), parsed.pop("batches", None)  # a whole head
     if window is None:
         order = [t.key for t in taskset.tasks if t.key in parts.tasks]
-        states = _STATES.validate_json(_states_json(parts.tasks, order)) if order else whole_tasks or {}
+        states = _states(parts, order, seen) if order else whole_tasks or {}
         ordered = ",".join(parts.batches[i] for i in sorted(parts.batches, key=int))
         batches: list[Any] = _BATCHES.validate_json(f"[{ordered}]") if ordered else whole_batches or []
     else:

@@ -138,12 +138,17 @@ class Store:
         self.emit(record.run_id, "run_started", total=len(record.tasks))
 
     def get(
-        self, run_id: str, tasks: Collection[str] | None = None, window: runparts.Window | None = None
+        self,
+        run_id: str,
+        tasks: Collection[str] | None = None,
+        window: runparts.Window | None = None,
+        seen: runparts.Seen | None = None,
     ) -> RunRecord:
         """The run record, with the results of `tasks` (default: every task's it holds); with `window`,
-        a window of it (runparts.Window): what a batch boundary reads, at any size of run."""
+        a window of it (runparts.Window): what a batch boundary reads, at any size of run; with `seen`,
+        parsing again only the task states that changed since the last read with it."""
         parts, usage, window = runparts.read(self.redis, run_id, window)
-        record = self._join(run_id, parts, usage, window)
+        record = self._join(run_id, parts, usage, window, seen)
         self.fill_results(record, record.tasks if tasks is None else tasks)
         return record
 
@@ -211,9 +216,10 @@ class Store:
         parts: runparts.Parts,
         usage: dict[str, str],
         window: runparts.Window | None = None,
+        seen: runparts.Seen | None = None,
     ) -> RunRecord:
         taskset = self._run_taskset(run_id, runparts.head(run_id, parts.head))
-        return runparts.join(parts, run_id, taskset, usage, window)
+        return runparts.join(parts, run_id, taskset, usage, window, seen)
 
     def _run_taskset(self, run_id: str, head: dict[str, Any]) -> TaskSet:
         """The task set as the run sees it: the stored one and the tasks the pilot added (in the head)."""

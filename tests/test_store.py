@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from otto_farm import keys
+from otto_farm import keys, runparts
 from otto_farm.errors import InputError
 from otto_farm.models import BatchRecord, RunRecord, TaskResult, TaskSpec, TaskStatus, Usage
 from otto_farm.store import LOG_TTL_S, Store, new_run_id
@@ -70,6 +70,24 @@ def test_an_update_writes_only_the_parts_it_changed(store):
     assert list(again.tasks) == [f"t{i}" for i in range(50)] and again.batches == after.batches
     assert again.tasks["t3"].status is TaskStatus.passed
     assert store.job_view(record.run_id, "t3", 1, 0).batch.tasks == ["t3"]
+
+
+def test_a_reader_that_looks_again_parses_only_the_states_that_changed(store):
+    """Guards `status --watch` at any size (issue 17): with `seen`, a second read hands back the same
+    state objects where their stored JSON did not change, and parses the changed ones anew."""
+    record = stored_record(store, n=20)
+    seen = runparts.Seen()
+    first = store.get(record.run_id, tasks=(), seen=seen)
+
+    def change(r: RunRecord) -> None:
+        r.tasks["t5"].status = TaskStatus.failed
+
+    store.update(record.run_id, change)
+    second = store.get(record.run_id, tasks=(), seen=seen)
+    assert second.tasks["t5"].status is TaskStatus.failed and first.tasks["t5"].status is TaskStatus.running
+    assert second.tasks["t5"] is not first.tasks["t5"]
+    assert all(second.tasks[k] is first.tasks[k] for k in first.tasks if k != "t5")
+    assert list(second.tasks) == list(first.tasks)
 
 
 def test_a_run_stored_whole_by_an_earlier_version_is_read_and_split_at_its_next_update(store):

@@ -10,6 +10,7 @@ import typer
 from rich.console import Group
 from rich.live import Live
 
+from otto_farm import runparts
 from otto_farm.cli.common import (
     JsonOut,
     LatestRunId,
@@ -37,10 +38,12 @@ def status(
     ] = False,
 ) -> None:
     """Every task of a run (default: the latest): batch, status, attempts, runs, branch, sha, duration."""
-    # A terminal shows what fits: the task states, and the results of the shown tasks alone.
+    # A terminal shows what fits: the task states, and the results of the shown tasks alone; looking
+    # again, it parses only the states that changed (`seen`).
     lean = console.is_terminal and not (json_out or pilot or everything)
+    seen = runparts.Seen() if lean else None
     with connected(jobs=False) as (store, _):
-        record = store.get(run_or_latest(store, run_id), tasks=() if lean else None)
+        record = store.get(run_or_latest(store, run_id), tasks=() if lean else None, seen=seen)
         if json_out:
             write_json(record.model_dump_json(indent=2))
             return
@@ -58,7 +61,7 @@ def status(
                 if record.status is not RunStatus.running:
                     return
                 time.sleep(1)
-                record = store.get(record.run_id, tasks=() if lean else None)
+                record = store.get(record.run_id, tasks=() if lean else None, seen=seen)
 
 
 def watch_lines(store: Store, record: RunRecord) -> RunRecord:
