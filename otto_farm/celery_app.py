@@ -55,9 +55,12 @@ app = Celery("otto_farm", include=["otto_farm.jobs"])
 def configure(settings: Settings) -> Celery:
     """Point the app at these settings; the CLI calls it once the embedded Redis (if any) is up."""
     app.conf.update(celery_config(settings))
-    # Celery caches its broker pools: left alone, they would still publish to the previous broker.
+    # Celery caches its broker pools and its result backend (per thread, for Redis): left alone, they
+    # would still publish to the previous broker and wait for results on the previous Redis.
     app._pool = None
     app.amqp._producer_pool = None
+    app._backend_cache = None
+    vars(app._local).pop("backend", None)
     return app
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from otto_farm import celery_app
 from otto_farm.errors import InputError
 from otto_farm.settings import Settings
 
@@ -70,3 +71,17 @@ def test_a_bad_value_in_the_environment_is_blamed_on_its_variable(monkeypatch):
     with pytest.raises(InputError, match=r"^OTTO_FARM_LEASE_S: .*number") as caught:
         Settings.load()
     assert "otto-farm.toml" not in str(caught.value)  # there is none
+
+
+def test_configure_moves_the_result_backend_with_the_broker(settings, tmp_path):
+    """A process that points its app at another Redis waits for results there: Celery caches its result
+    backend, and left alone a chord sent after `configure` would subscribe on the first Redis."""
+    url = "redis://127.0.0.1:1/0"  # never connected to: the backend is built lazily
+    before = celery_app.app.backend
+    try:
+        celery_app.configure(Settings(home=tmp_path, broker_url=url, result_backend=url, store_url=url))
+        moved = celery_app.app.backend
+        assert moved is not before and moved.url == url
+    finally:
+        celery_app.configure(settings)
+    assert celery_app.app.backend.url == before.url

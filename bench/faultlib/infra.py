@@ -147,19 +147,13 @@ class MergeKiller(threading.Thread):
             time.sleep(0.002)
 
 
-def point_celery_at(settings: Settings) -> None:
-    """This process's Celery app on this fault's Redis. `configure` drops the broker pools; the result
-    backend Celery caches too, and a chord sent here would subscribe to the previous fault's Redis."""
-    celery_app.configure(settings)
-    celery_app.app._backend_cache = None
-    vars(celery_app.app._local).pop("backend", None)
 
 
 def control_killed(f: Farm, quick: bool, cancel: bool = False) -> list[Row]:
     repo = f.repo(files=200 if quick else 2000)  # a real tree to merge: the window is a few 100 ms
     path = f.taskset(repo, "sleep 1; echo $OTTO_FARM_TASK_KEY > $OTTO_FARM_TASK_KEY.txt", FOUR_THEN_ONE)
     f.start_redis()
-    point_celery_at(Embedded(Settings(home=f.home)).settings)
+    celery_app.configure(Embedded(Settings(home=f.home)).settings)
     tasks_w = f.start(
         "worker", "--queues", "otto.tasks,otto.pilot", "--concurrency", "2", "--hostname", "tasks@%h"
     )
