@@ -147,8 +147,6 @@ class MergeKiller(threading.Thread):
             time.sleep(0.002)
 
 
-
-
 def control_killed(f: Farm, quick: bool, cancel: bool = False) -> list[Row]:
     repo = f.repo(files=200 if quick else 2000)  # a real tree to merge: the window is a few 100 ms
     path = f.taskset(repo, "sleep 1; echo $OTTO_FARM_TASK_KEY > $OTTO_FARM_TASK_KEY.txt", FOUR_THEN_ONE)
