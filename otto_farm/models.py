@@ -382,7 +382,7 @@ class RunRecord(BaseModel):
     error: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
-    # A window of the run (runparts.window): only some of its task states and batches are read.
+    # A window of the run (runparts.Window): only some of its task states and batches are read.
     _window: bool = PrivateAttr(default=False)
 
     def add_tasks(self, specs: list[TaskSpec]) -> None:

@@ -172,7 +172,7 @@ def join(
         ordered = ",".join(parts.batches[i] for i in sorted(parts.batches, key=int))
         batches: list[Any] = _BATCHES.validate_json(f"[{ordered}]") if ordered else whole_batches or []
     else:
-        states = _STATES.validate_json(_states_json(parts.tasks, list(parts.tasks)))
+        states = _states(parts, list(parts.tasks), None)
         batches = [UNREAD] * window.count
         for i, raw in parts.batches.items():
             batches[int(i)] = BatchRecord.model_validate_json(raw)
