@@ -56,24 +56,6 @@ for i = 7, event - 1, 2 do redis.call('hincrbyfloat', KEYS[2], ARGV[i], ARGV[i +
 redis.call('xadd', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, event))
 return false
 """
-# Left as they are when results and events are redacted: readers look them up or compare them, and
-# a secret inside a task key would be in the stored task set anyway.
-_IDS = frozenset(
-    {
-        "kind",
-        "ts",
-        "status",
-        "run_id",
-        "task_key",
-        "task",
-        "tasks",
-        "branch",
-        "base_sha",
-        "commit_sha",
-        "sha",
-        "label",
-    }
-)
 
 
 def new_run_id() -> str:
@@ -97,13 +79,13 @@ def _field(key: str, run_no: int, attempt: int | str | None = None) -> str:
 def _event(kind: str, fields: dict[str, Any]) -> dict[str, str]:
     entry = {"kind": kind, "ts": f"{time.time():.3f}"}
     entry.update({k: str(v) for k, v in fields.items() if v is not None})
-    return cast(dict[str, str], redact.redactor().data(entry, keep=_IDS))
+    return cast(dict[str, str], redact.stored(entry))
 
 
 def _redacted(result: TaskResult) -> TaskResult:
     """The result with no secret the worker knows in its text (outputs, errors, messages)."""
     data = result.model_dump(mode="json")
-    clean = redact.redactor().data(data, keep=_IDS)
+    clean = redact.stored(data)
     return result if clean == data else TaskResult.model_validate(clean)
 
 
@@ -318,7 +300,7 @@ class Store:
     def add_gate_check(self, check: GateCheck) -> GateCheck:
         """Store a gate check once per (batch, round, label); the first stored wins and is returned."""
         name, field = keys.gates_key(check.run_id), _field(str(check.batch), check.round, check.label)
-        clean = redact.redactor().data(check.model_dump(mode="json"), keep=_IDS)
+        clean = redact.stored(check.model_dump(mode="json"))
         with self.redis.pipeline() as pipe:
             pipe.hsetnx(name, field, json.dumps(clean))
             pipe.hget(name, field)
