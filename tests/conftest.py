@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from otto_farm import celery_app, coordinator, shell, taskset
+from otto_farm import celery_app, chords, coordinator, shell, taskset
 from otto_farm.agents import AgentRequest
 from otto_farm.celery_app import QUEUES, worker_argv
 from otto_farm.embedded import Embedded
@@ -229,6 +230,22 @@ def a_then_b_and_c(repo: Path) -> dict[str, Any]:
             {"key": "c", "prompt": "make c", "depends_on": ["a"]},
         ],
     }
+
+
+@contextmanager
+def run_by_hand(store: Store, path: Path) -> Iterator[str]:
+    """A run whose jobs the test runs itself: started with no chord sent, kept from the session worker's
+    sweep (which would send its lost or finished work on, into later tests: a killed job's agent holding
+    a worker slot, a pilot taking a later test's scripted reply), and cancelled at the end if it runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(chords, "chord", lambda header: lambda callback: None)
+        run_id = coordinator.start(store, taskset.load(path)).run_id
+    store.retire(run_id)
+    try:
+        yield run_id
+    finally:
+        if store.get(run_id, tasks=()).status is RunStatus.running:
+            coordinator.cancel(store, run_id)
 
 
 def wait_for_run(store: Store, run_id: str, timeout_s: float = RUN_TIMEOUT_S) -> RunRecord:

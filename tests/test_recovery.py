@@ -18,7 +18,7 @@ from otto_farm.models import BatchRecord, BatchStatus, RunStatus, TaskState, Tas
 from otto_farm.scripted_server import ScriptedReply
 from otto_farm.store import new_run_id
 
-from conftest import NO_GATE, gone_soon, make_record, start_worker, wait_for, wait_for_run
+from conftest import NO_GATE, gone_soon, make_record, run_by_hand, start_worker, wait_for, wait_for_run
 
 JOB = "lease-run.b0.a.r1"
 
@@ -193,7 +193,7 @@ def test_a_callback_that_fires_before_every_result_is_in_waits_for_the_sweep(
 
 
 def test_a_holder_whose_lease_was_taken_over_stops_its_commands_and_discards_its_result(
-    make_repo, write_taskset, store, tmp_path, monkeypatch
+    make_repo, write_taskset, store, tmp_path
 ):
     """Its lease lapsed (a long pause) and another delivery took the job over: the first one must kill
     its agent and store nothing, so that the other's result is the one that counts.
@@ -210,30 +210,19 @@ def test_a_holder_whose_lease_was_taken_over_stops_its_commands_and_discards_its
         "agent": {"command": f"echo $$ > {pidfile}; sleep 30; touch late.txt"},
         "tasks": [{"key": "a", "prompt": "p"}],
     }
-    monkeypatch.setattr(chords, "chord", lambda header: lambda callback: None)  # this test runs the job
-    run_id = coordinator.start(store, taskset.load(write_taskset(data))).run_id
-    monkeypatch.undo()
-    # Nor may the session worker's sweep move the run on: with every result stored it would finish the
-    # batch and ask the pilot about `a`'s error, and that request (made after this test) would take the
-    # reply a later test scripted for its own pilot.
-    store.retire(run_id)
-    jid = taskrun.job_id(run_id, 0, "a", 1)
-    with ThreadPoolExecutor(1) as pool:
-        try:
-            first = pool.submit(
-                taskrun.run, store, tmp_path / "work", run_id, "a", 1, 0, "first", lease_s=0.6
-            )
-            wait_for(pidfile.exists)
-            store.redis.set(keys.lease_key(jid), "another delivery", px=60_000)  # it lapsed; another took it
-            assert gone_soon(int(pidfile.read_text()), within_s=5)  # its agent was stopped
-            time.sleep(1.5)  # time enough to store a result, were it going to
-            assert store.job_view(run_id, "a", 1, 0).state.result_of(1) is None
-            other = taskrun.error_result(run_id, "a", 1, 0, "other", error_code="other")
-            store.add_result(other)  # the delivery that took over finishes
-            store.redis.delete(keys.lease_key(jid))
-            assert first.result(timeout=10).worker == "other"  # the first one returns the other's result
-        finally:  # no run left running for a later test to meet (failed early, it stops the agent too)
-            coordinator.cancel(store, run_id)
+    # The run's end cancels it before the pool waits for its job: failed early, the agent is stopped.
+    with ThreadPoolExecutor(1) as pool, run_by_hand(store, write_taskset(data)) as run_id:
+        jid = taskrun.job_id(run_id, 0, "a", 1)
+        first = pool.submit(taskrun.run, store, tmp_path / "work", run_id, "a", 1, 0, "first", lease_s=0.6)
+        wait_for(pidfile.exists)
+        store.redis.set(keys.lease_key(jid), "another delivery", px=60_000)  # it lapsed; another took it
+        assert gone_soon(int(pidfile.read_text()), within_s=5)  # its agent was stopped
+        time.sleep(1.5)  # time enough to store a result, were it going to
+        assert store.job_view(run_id, "a", 1, 0).state.result_of(1) is None
+        other = taskrun.error_result(run_id, "a", 1, 0, "other", error_code="other")
+        store.add_result(other)  # the delivery that took over finishes
+        store.redis.delete(keys.lease_key(jid))
+        assert first.result(timeout=10).worker == "other"  # the first one returns the other's result
     assert store.job_view(run_id, "a", 1, 0).state.result_of(1).worker == "other"
 
 

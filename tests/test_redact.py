@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from otto_farm import chords, coordinator, keys, redact, taskrun, taskset
+from otto_farm import keys, redact, taskrun
 from otto_farm.agents.anthropic_agent import AnthropicAgent
 from otto_farm.gitops import git
 from otto_farm.models import Attempt, TaskResult, TaskStatus
@@ -16,7 +16,7 @@ from otto_farm.redact import Redactor, known_secrets
 from otto_farm.scripted_server import ScriptedReply
 from otto_farm.store import Store, new_run_id
 
-from conftest import NO_GATE, anthropic_request, make_record
+from conftest import NO_GATE, anthropic_request, make_record, run_by_hand
 
 TOKEN = "tok-1234567890abcdef"  # a secret-named variable's value
 ENV_PW = "env-pass-5555"  # the password in a result backend URL from the environment
@@ -166,10 +166,8 @@ def test_a_secret_verify_prints_reaches_neither_the_store_nor_the_next_attempt(
         "agent": {"command": 'cat "$OTTO_FARM_PROMPT_FILE" >> prompts.log'},
         "tasks": [{"key": "a", "prompt": "p"}],
     }
-    with pytest.MonkeyPatch.context() as patch:  # not `monkeypatch.undo()`: it would forget the secrets
-        patch.setattr(chords, "chord", lambda header: lambda callback: None)  # this test runs the job
-        run_id = coordinator.start(store, taskset.load(write_taskset(data))).run_id
-    result = taskrun.run(store, tmp_path / "work", run_id, "a", 1, 0)
+    with run_by_hand(store, write_taskset(data)) as run_id:
+        result = taskrun.run(store, tmp_path / "work", run_id, "a", 1, 0)
     assert result.status is TaskStatus.failed and len(result.attempts) == 2
     cache = next((tmp_path / "work").glob("repos/*/cache.git"))
     prompts = git(["show", f"{result.commit_sha}:prompts.log"], cwd=cache)

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from otto_farm import chords, coordinator, shell, taskrun, taskset
+from otto_farm import shell, taskrun
 from otto_farm.gitops import git
 from otto_farm.models import RunStatus, TaskStatus
 from otto_farm.sandbox import Command, Walls, bwrap
 from otto_farm.sandbox.bwrap import Bwrap
 from otto_farm.scripted_server import ScriptedReply
 
-from conftest import NO_GATE, make_slot, report, wait_for
+from conftest import NO_GATE, make_slot, report, run_by_hand, wait_for
 
 pytestmark = pytest.mark.part("bwrap")
 
@@ -176,7 +176,7 @@ def test_bwrap_without_network_reaches_no_host_port(walls: Walls) -> None:
 
 @pytest.mark.parametrize("kind", ["auto", "none"])
 def test_a_killed_jobs_commands_never_write_into_a_later_branch(
-    kind, make_repo, write_taskset, store, tmp_path, monkeypatch
+    kind, make_repo, write_taskset, store, tmp_path
 ):
     """A job's process is SIGKILLed mid-agent (a pool process dies); its agent keeps writing into
     the worktree slot. The next job on that work dir must not carry those files into its commit.
@@ -197,26 +197,20 @@ def test_a_killed_jobs_commands_never_write_into_a_later_branch(
             {"key": "next", "prompt": "p", "agent": {"command": "sleep 1; echo next > next.txt"}},
         ],
     }
-    monkeypatch.setattr(chords, "chord", lambda header: lambda callback: None)  # this test runs the jobs
-    run_id = coordinator.start(store, taskset.load(write_taskset(data))).run_id
-    monkeypatch.undo()
-    # Nor may the session worker's sweep look after it: `dead`, claimed and killed, would be sent to it
-    # once its lease lapsed (30 s on), and its `sleep 60` would hold a slot of a later test's worker.
-    store.retire(run_id)
     try:
-        job = multiprocessing.get_context("fork").Process(
-            target=taskrun.run, args=(store, work_dir, run_id, "dead", 1, 0)
-        )
-        job.start()
-        wait_for(lambda: any(work_dir.glob("repos/*/slot-*/started")))
-        os.kill(job.pid, signal.SIGKILL)  # the pool process dies; what it started may not
-        job.join()
-        result = taskrun.run(store, work_dir, run_id, "next", 1, 0)
-        cache = next(work_dir.glob("repos/*/cache.git"))
-        files = set(git(["ls-tree", "-r", "--name-only", result.commit_sha or "HEAD"], cwd=cache).split())
+        with run_by_hand(store, write_taskset(data)) as run_id:
+            job = multiprocessing.get_context("fork").Process(
+                target=taskrun.run, args=(store, work_dir, run_id, "dead", 1, 0)
+            )
+            job.start()
+            wait_for(lambda: any(work_dir.glob("repos/*/slot-*/started")))
+            os.kill(job.pid, signal.SIGKILL)  # the pool process dies; what it started may not
+            job.join()
+            result = taskrun.run(store, work_dir, run_id, "next", 1, 0)
+            cache = next(work_dir.glob("repos/*/cache.git"))
+            files = set(git(["ls-tree", "-r", "--name-only", result.commit_sha or "HEAD"], cwd=cache).split())
     finally:
         subprocess.run(["pkill", "-f", "evil-"], check=False)
-        coordinator.cancel(store, run_id)  # no run left running for a later test to meet
     foreign = sorted(f for f in files if f.startswith("evil") or f == "started")
     verdict = "NOT CONTAINED" if foreign else "contained"
     report("sandbox probes", f"{kind}: a killed job's agent writes into a later branch: {verdict}")
