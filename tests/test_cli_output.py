@@ -4,6 +4,7 @@ one (what fits its height)."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import re
@@ -16,9 +17,12 @@ from pathlib import Path
 
 from test_cli import cli_env, otto
 from test_cli_faults import start
+from test_store import result, stored_record
 
+from otto_farm import keys, runparts
 from otto_farm.cli.common import fitting, plain_table
-from otto_farm.models import BatchRecord, RunStatus, TaskResult, TaskStatus
+from otto_farm.cli.status import look, write_run_json
+from otto_farm.models import BatchRecord, RunRecord, RunStatus, TaskResult, TaskState, TaskStatus
 from otto_farm.store import new_run_id
 
 from conftest import make_record, wait_for
@@ -137,3 +141,42 @@ def test_status_on_a_terminal_reads_the_shown_tasks_and_still_warns_of_any_unsan
     assert "t40" in shown and "t50" not in shown and len(shown) == 14, out
     assert "46 more tasks (46 passed)" in out
     assert "UNSANDBOXED" in out and "sandbox bwrap, none" in out, out
+
+
+def test_status_json_is_the_run_record_with_its_tasks_written_a_page_at_a_time(store, capsys):
+    """Guards `status --json` at any size (issue 17): the document is the record's, every result in,
+    but the results are read a page of tasks at a time and let go once written."""
+    record = stored_record(store, n=5)
+    for key in ("t0", "t3", "t4"):
+        store.add_result(result(record, key))
+    whole = store.get(record.run_id)
+    lean = store.get(record.run_id, tasks=())
+    write_run_json(store, lean, page=2)
+    assert json.loads(capsys.readouterr().out) == json.loads(whole.model_dump_json())
+    assert not any(state.results for state in lean.tasks.values())
+
+
+def test_a_piped_watch_reads_the_results_of_what_changed_and_of_the_running_tasks(store):
+    """Guards `status --watch` at any size (issue 17): a look reads the results of the tasks whose state
+    changed since the last look and of those still running (their job may have ended), no others."""
+    record = stored_record(store, n=6)  # every task running its first run
+    store.add_result(result(record, "t0"))
+    states, looked = runparts.Seen(), dict[str, TaskState]()
+    first = look(store, record.run_id, states, looked)
+    assert first.tasks["t0"].status is TaskStatus.passed and len(first.tasks["t0"].results) == 1
+
+    def change(r: RunRecord) -> None:
+        for key in ("t1", "t2", "t3", "t4"):
+            r.tasks[key].status = TaskStatus.passed
+        r.tasks["t1"].status = TaskStatus.running
+
+    store.update(record.run_id, change)
+    with store.redis.monitor() as monitor:
+        second = look(store, record.run_id, states, looked)
+        store.redis.echo("looked")
+        sent: list[str] = []
+        while not sent or not sent[-1].startswith("ECHO"):
+            sent.append(monitor.next_command()["command"])
+    [read] = [c for c in sent if c.startswith(f"HMGET {keys.results_key(record.run_id)}")]
+    assert sorted(read.split()[2:]) == ["t1#1", "t2#1", "t3#1", "t4#1", "t5#1"]  # not t0: it ended
+    assert len(second.tasks["t0"].results) == 1 and second.tasks["t0"] is first.tasks["t0"]

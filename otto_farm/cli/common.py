@@ -303,7 +303,3 @@ def _gate_summary(state: GateState) -> str:
         + (f", {flaky} flaky" if flaky else "")
         + culprits
     )
-
-
-def write_json(text: str) -> None:
-    sys.stdout.write(text + "\n")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
 from rich import box
 from rich.table import Table
 
-from otto_farm.cli.common import JsonOut, connected, exits_cleanly, print_table, short, write_json
+from otto_farm.cli.common import JsonOut, connected, exits_cleanly, print_table, short
 
 
 @exits_cleanly
@@ -20,7 +21,7 @@ def runs(
     with connected(jobs=False) as (store, _):
         records = [store.get(run_id, tasks=()) for run_id in store.run_ids(limit)]
     if json_out:
-        write_json("[" + ",".join(r.model_dump_json() for r in records) + "]")
+        sys.stdout.write("[" + ",".join(r.model_dump_json() for r in records) + "]\n")
         return
     rows = [
         (
