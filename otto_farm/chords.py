@@ -8,6 +8,7 @@ from celery.exceptions import TimeLimitExceeded
 
 from otto_farm import gate, pilot, taskrun
 from otto_farm.celery_app import CONTROL_QUEUE, PILOT_QUEUE, TASKS_QUEUE, app
+from otto_farm.meter import WAIT_ALLOWANCE_S
 from otto_farm.models import BatchRecord, RunRecord
 
 # Beyond the agent's own limit: time for git, verify start-up and reporting before Celery steps in.
@@ -22,7 +23,7 @@ def time_limits(timeout_s: float) -> tuple[float | None, float]:
 def job(record: RunRecord, index: int, key: str) -> Signature:
     """The run_task job of a task's current run in batch `index`."""
     run_no = record.tasks[key].runs
-    soft_s, hard_s = time_limits(record.taskset.timeout_s)
+    soft_s, hard_s = time_limits(record.taskset.timeout_s + WAIT_ALLOWANCE_S)  # its API calls' waits
     return app.signature(
         "otto_farm.run_task",
         args=(record.run_id, key, run_no, index),
@@ -76,8 +77,8 @@ def send_gate(record: RunRecord, index: int, round_no: int, checks: dict[str, st
 def send_pilot(record: RunRecord, index: int) -> None:
     """The pilot job chained to the step that applies its answer."""
     run_id = record.run_id
-    # The request and the SDK's two retries; past that Celery interrupts it, caught as an error.
-    soft_s, hard_s = time_limits(3 * record.taskset.pilot.timeout_s)
+    # Its call, the meter's retries and their waits; past that Celery interrupts it, caught as an error.
+    soft_s, hard_s = time_limits(3 * record.taskset.pilot.timeout_s + WAIT_ALLOWANCE_S)
     chain(
         app.signature(
             "otto_farm.pilot",

@@ -7,7 +7,9 @@ The Anthropic agent's calls and the pilot's go through `Meter.call`. The SDK's o
 costs the task anything but time. An answer whose rate-limit headers say a limit is spent pauses the
 fleet until that limit's reset, so the next call meets no 429. A turn that does not return within
 `idle_s` is a stall, not a timeout. What the waiting cost is counted in the call's Usage
-(limit_wait_s, rate_limited, overloaded).
+(limit_wait_s, rate_limited, overloaded). Waiting is not the agent's working time: every deadline the
+meter keeps (`later`) moves by what it waited, up to WAIT_ALLOWANCE_S, which Celery's time limits of
+the jobs that call the API leave room for (chords.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ FALLBACK_AFTER = 3  # overloaded answers in a row before the fallback model is t
 SERVER_RETRIES = 2  # other server or connection errors: tried again this often, then the call fails
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # after the n-th overload or server error in a row
 RATE_LIMIT_PAUSE_S = 5.0  # a 429 that names no retry-after
+WAIT_ALLOWANCE_S = 300.0  # the most a meter's waits move a job's deadline: the longest retry-after heeded
 
 
 class CallFailed(Exception):
@@ -50,6 +53,7 @@ class Metered:
 class Meter:
     def __init__(self, limiter: Limiter | None = None, budget: Budget | None = None) -> None:
         self.limiter, self.budget = limiter, budget
+        self.waited_s = 0.0  # for the limits, a 429 or an overloaded API, over the meter's calls
         # Told True when a call starts waiting for the limit and False when it goes on: the task's phase.
         self.on_wait: Callable[[bool], None] | None = None
 
@@ -65,6 +69,10 @@ class Meter:
         """Count a call made elsewhere (a command agent's CLI, whose cost comes when it exits)."""
         if self.budget is not None:
             self.budget.spend(usage.cost_usd)
+
+    def later(self, deadline: float) -> float:
+        """`deadline` (time.monotonic()) moved by what the calls waited, up to WAIT_ALLOWANCE_S."""
+        return deadline + min(self.waited_s, WAIT_ALLOWANCE_S)
 
     def check(self) -> None:
         """BudgetSpent once the run has spent its cap."""
@@ -83,8 +91,9 @@ class Meter:
         fallback: str | None = None,
     ) -> Metered:
         """`send(model, timeout_s)` once the limits and budget allow, again after a 429 or 529, until it
-        answers or `deadline` (time.monotonic()) passes; CallFailed otherwise. `send` returns the SDK's
-        raw response (`with_raw_response`), whose headers say what is left of the key's limits."""
+        answers or `deadline` (time.monotonic(), moved by the waits: `later`) passes; CallFailed
+        otherwise. `send` returns the SDK's raw response (`with_raw_response`), whose headers say what
+        is left of the key's limits."""
         import anthropic  # here: the SDK takes seconds to import and the CLI imports the pilot
 
         waits = Usage()
@@ -93,12 +102,14 @@ class Meter:
         while True:
             try:
                 self.check()
-                waits.limit_wait_s += self._take(estimate, max_tokens, deadline)
+                waited = self._take(estimate, max_tokens, deadline + WAIT_ALLOWANCE_S)
+                waits.limit_wait_s += waited
+                self.waited_s += waited
             except BudgetSpent as exc:
                 raise CallFailed("budget", str(exc), waits) from exc
             except TimeoutError as exc:  # the limits would have it wait past the deadline
                 raise CallFailed("timeout", f"out of time: {exc}", waits) from exc
-            left = deadline - time.monotonic()
+            left = self.later(deadline) - time.monotonic()
             if left <= 0:
                 raise CallFailed("timeout", "no time left for the call", waits)
             timeout = min(left, idle_s) if idle_s else left
@@ -128,7 +139,7 @@ class Meter:
                     errors += 1
                     if errors > SERVER_RETRIES:
                         raise CallFailed("api", _describe(exc), waits) from exc
-                _sleep(BACKOFF_S[min(overloads + errors, len(BACKOFF_S)) - 1], deadline)
+                self._sleep(BACKOFF_S[min(overloads + errors, len(BACKOFF_S)) - 1], deadline)
                 continue
             except anthropic.APIError as exc:  # the request itself is refused: asking again will not help
                 self._refund(estimate, max_tokens)
@@ -166,13 +177,15 @@ class Meter:
 
     def _pause(self, seconds: float, deadline: float) -> None:
         if self.limiter is not None:
-            self.limiter.pause(seconds)  # every worker's next take waits it out
+            self.limiter.pause(seconds)  # every worker's next take waits it out, counted there
         else:
-            _sleep(seconds, deadline)
+            self._sleep(seconds, deadline)
 
-
-def _sleep(seconds: float, deadline: float) -> None:
-    time.sleep(max(0.0, min(seconds, deadline - time.monotonic())))
+    def _sleep(self, seconds: float, deadline: float) -> None:
+        """Wait `seconds`, no further than `deadline` can move; counted as waited."""
+        nap = max(0.0, min(seconds, deadline + WAIT_ALLOWANCE_S - time.monotonic()))
+        time.sleep(nap)
+        self.waited_s += nap
 
 
 def _retry_after(headers: Any) -> float | None:

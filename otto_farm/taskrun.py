@@ -43,13 +43,14 @@ class _Job:
     deadline: float
     stop: shell.Stop
     live: LiveLog  # what its commands print, as they print it (`otto-farm logs -f`)
-    limits: Limits  # the API key's, shared by the fleet (limiter.py)
+    meter: Meter  # its API calls: the fleet's limits and the run's budget
     attempts: list[Attempt] = field(default_factory=list)
     setup_files: list[str] = field(default_factory=list)  # what setup created: never committed
     usage: Usage = field(default_factory=Usage)
 
     def remaining_s(self) -> float:
-        return self.deadline - time.monotonic()
+        """What is left of its time: waiting for the API's limits does not count (Meter.later)."""
+        return self.meter.later(self.deadline) - time.monotonic()
 
 
 def run(
@@ -130,7 +131,7 @@ def _run_once(
         started + view.taskset.timeout_s,
         lambda: lease.lost.is_set() or _cancelled(store, run_id),
         LiveLog(store, run_id, key, run_no),
-        limits,
+        Meter.for_run(store.redis, run_id, view.taskset.budget.max_cost_usd, limits),
     )
     result = error_result(run_id, key, run_no, batch, worker, base_sha=view.batch.base_sha)
     try:
@@ -270,7 +271,7 @@ def _attempts(
     ts = view.taskset
     agent_cfg, verify_cmd = ts.agent_for(key), ts.verify_for(key)
     agent = get_agent(agent_cfg)
-    meter = Meter.for_run(job.store.redis, view.run_id, ts.budget.max_cost_usd, job.limits)
+    meter = job.meter
     # A retried task's first attempt reads its previous run's failure first-hand, as later attempts do.
     failure = prompt.previous_run_failure(view.state)
     tree = gitops.layout(wt, view.batch.base_sha)

@@ -160,3 +160,30 @@ def test_an_answer_that_says_a_limit_is_spent_pauses_the_fleet_until_its_reset(a
     assert outcome.ok and outcome.usage.api_calls == 2
     first, second = (r.at for r in api.requests)
     assert second - first >= 1.5 and outcome.usage.limit_wait_s >= 1.5
+
+
+def test_waiting_for_the_limits_is_not_the_agents_working_time(api, make_repo, store):
+    """A 429 whose retry-after outlasts what is left of the attempt's time: the wait is added to its
+    deadline (up to WAIT_ALLOWANCE_S), so the attempt goes on after it instead of ending agent_timeout
+    (issue 18: a rate limit costs the task nothing but time)."""
+    api.script(ScriptedReply(status=429, retry_after_s=3.0), DONE)
+    meter = Meter.for_run(store.redis, "waits-are-not-work", None, Limits())
+    request = replace(anthropic_request(make_repo(), "p"), meter=meter, timeout_s=2)
+    outcome = AnthropicAgent().run(request)
+    assert outcome.ok, outcome.error
+    assert outcome.usage.rate_limited == 1 and outcome.usage.limit_wait_s >= 2.5
+    first, second = (r.at for r in api.requests)
+    assert second - first >= 2.9
+    assert meter.later(100.0) == pytest.approx(100.0 + meter.waited_s) and meter.waited_s >= 2.5
+
+
+def test_a_job_whose_wait_for_the_limits_outlasts_its_timeout_passes_on_its_first_run(
+    two_workers, make_repo, write_taskset, pilot_server, store
+):
+    """Guards a rate limit costing no task run, at the farm's level: the job's own time (`timeout_s`,
+    and Celery's limits around it) leaves room for the waits."""
+    pilot_server.script(ScriptedReply(status=429, retry_after_s=4.0), DONE)
+    path = write_taskset(tasks(make_repo(), 1, timeout_s=3))
+    record = wait_for_run(store, coordinator.start(store, taskset.load(path)).run_id)
+    assert record.status is RunStatus.passed, record.tasks["t0"].reason
+    assert record.tasks["t0"].runs == 1 and record.usage.limit_wait_s >= 3.5

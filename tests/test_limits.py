@@ -32,6 +32,7 @@ def test_agent_past_the_job_deadline_ends_as_timeout(make_repo, write_taskset, r
 
 
 def test_soft_time_limit_is_caught_inside_the_job(make_repo, write_taskset, run_taskset, monkeypatch):
+    monkeypatch.setattr(chords, "WAIT_ALLOWANCE_S", 0)  # no API call here to wait for
     monkeypatch.setattr(chords, "SOFT_LIMIT_GRACE_S", -28)  # Celery's soft limit at 2 s
     record = run_taskset(write_taskset(slow_set(make_repo(), timeout_s=30)))
     slow = record.tasks["slow"]

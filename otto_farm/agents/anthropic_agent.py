@@ -68,7 +68,8 @@ class AnthropicAgent:
                 if request.should_stop is not None and request.should_stop():
                     outcome.ok, outcome.stop_reason, outcome.error = False, "cancelled", "run cancelled"
                     break
-                if (stop := _limit_reached(cfg, self.total, deadline)) is not None:
+                # Waiting for the API's limits is not the agent's time: the deadline moves by it.
+                if (stop := _limit_reached(cfg, self.total, meter.later(deadline))) is not None:
                     outcome.stop_reason = stop
                     break
                 try:
@@ -98,7 +99,7 @@ class AnthropicAgent:
                     outcome.final_message = "".join(b["text"] for b in content if b["type"] == "text")
                     break
                 results = [
-                    _run_tool(workspace, block, deadline, transcript)
+                    _run_tool(workspace, block, meter.later(deadline), transcript)
                     for block in content
                     if block["type"] == "tool_use"
                 ]
