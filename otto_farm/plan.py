@@ -6,7 +6,15 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from otto_farm import runparts
 from otto_farm.errors import OttoFarmError
-from otto_farm.models import FAILED_STATUSES, NOT_RETRIED_CODES, Decision, RunRecord, TaskSet, TaskStatus
+from otto_farm.models import (
+    FAILED_STATUSES,
+    NOT_RETRIED_CODES,
+    Decision,
+    RunRecord,
+    TaskSet,
+    TaskState,
+    TaskStatus,
+)
 
 
 class DependencyCycle(OttoFarmError):
@@ -96,6 +104,16 @@ def retry_guidance(record: RunRecord, key: str) -> str:
     return "Your previous run did not pass. Fix what its output (below) shows, from the current code."
 
 
+DEPENDENCY_LOST = "dependency {} did not pass"  # why the replan skips a task
+
+
+def skipped_for_a_dependency(state: TaskState) -> bool:
+    """Whether the replan skipped the task because a dependency did not pass (not the pilot's skip)."""
+    prefix, suffix = DEPENDENCY_LOST.split("{}")
+    reason = state.reason or ""
+    return state.status is TaskStatus.skipped and reason.startswith(prefix) and reason.endswith(suffix)
+
+
 def default_retries(record: RunRecord) -> dict[str, str]:
     """Every failed task with runs left, with the replan's guidance; not one whose agent could not run
     at all (NOT_RETRIED_CODES): another run would meet the same wall."""
@@ -125,7 +143,7 @@ def settle(record: RunRecord, decision: Decision) -> Decision:
         if record.tasks[key].status is TaskStatus.pending and key not in lost:
             gone = [d for d in deps[key] if d in lost]
             if gone:
-                decision.skip[key] = f"dependency {gone[0]} did not pass"
+                decision.skip[key] = DEPENDENCY_LOST.format(gone[0])
                 lost.add(key)
     todo = [
         k

@@ -22,7 +22,7 @@ from otto_farm.models import (
     RunStatus,
     TaskStatus,
 )
-from otto_farm.plan import retry_guidance
+from otto_farm.plan import retry_guidance, skipped_for_a_dependency
 from otto_farm.store import Store
 
 
@@ -214,6 +214,8 @@ def retry(store: Store, run_id: str, key: str, feedback: str | None = None) -> R
         failed = state.status in FAILED_STATUSES
         state.guidance = feedback or (retry_guidance(record, key) if failed else None)
         state.status, state.reason, state.error_code = TaskStatus.pending, None, None
+        for waiting in _skipped_for(record, key):  # the replan after its batch runs them if it passes
+            record.tasks[waiting].status, record.tasks[waiting].reason = TaskStatus.pending, None
         record.status, record.finished_at, record.error = RunStatus.running, None, None
         record.plan = [[key]]
 
@@ -221,3 +223,19 @@ def retry(store: Store, run_id: str, key: str, feedback: str | None = None) -> R
     store.redis.sadd(keys.active_runs_key(), run_id)  # the sweep looks after running runs only
     store.emit(run_id, "task_retried", task=key)
     return dispatch_next(store, run_id, after=len(record.batches) - 1) or store.get(run_id)
+
+
+def _skipped_for(record: RunRecord, key: str) -> list[str]:
+    """The tasks skipped, directly or down the line, because `key` did not pass (not the pilot's skips)."""
+    dependents: dict[str, list[str]] = {}
+    for task in record.taskset.tasks:
+        for dep in task.depends_on:
+            dependents.setdefault(dep, []).append(task.key)
+    found, todo = [], list(dependents.get(key, ()))
+    while todo:
+        child = todo.pop()
+        if child in found or not skipped_for_a_dependency(record.tasks[child]):
+            continue
+        found.append(child)
+        todo.extend(dependents.get(child, ()))
+    return found

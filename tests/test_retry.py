@@ -7,6 +7,9 @@ import json
 from test_cli import otto
 
 from otto_farm.gitops import git
+from otto_farm.models import RunStatus
+
+from conftest import wait_for_run
 
 # The agent writes 42 only when its prompt carries the feedback; verify wants 42.
 AGENT = (
@@ -64,3 +67,43 @@ def test_retry_names_what_it_cannot_retry(make_repo, write_taskset, settings, wo
     assert unknown.returncode == 2 and unknown.stderr == f"otto-farm: task: nope: not in run {run_id}\n"
     missing = otto("retry", "no-such-run", "a", cwd=tmp_path, env=env)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr
+
+
+def test_a_retried_task_that_passes_brings_back_the_tasks_skipped_for_it(
+    make_repo, write_taskset, settings, worker, store, tmp_path
+):
+    """`retry --no-wait` on a run whose failed task took its dependents down (b, then c after b): they
+    are pending again, and run after the retried task once it passes."""
+    repo = make_repo()
+    path = write_taskset(
+        {
+            "repo": str(repo),
+            "max_attempts": 1,
+            "max_task_runs": 1,
+            "pilot": {"enabled": False},
+            "verify": "true",
+            "agent": {"command": AGENT},
+            "tasks": [
+                {"key": "a", "prompt": "p", "verify": "grep -qx 42 a.txt"},
+                {"key": "b", "prompt": "p", "depends_on": ["a"]},
+                {"key": "c", "prompt": "p", "depends_on": ["b"]},
+                {"key": "d", "prompt": "p"},
+            ],
+        }
+    )
+    env = settings.env()
+    first = otto("submit", str(path), cwd=tmp_path, env=env)
+    assert first.returncode == 1, first.stdout + first.stderr
+    run_id = first.stdout.split()[1].rstrip(":")
+    before = store.get(run_id)
+    assert [before.tasks[k].status.value for k in "abcd"] == ["failed", "skipped", "skipped", "passed"]
+
+    again = otto("retry", run_id, "a", "--feedback", "use-forty-two", "--no-wait", cwd=tmp_path, env=env)
+    assert (
+        again.returncode == 0
+        and again.stdout == f"run {run_id}: a again (run 2) on otto-farm/{run_id}/integration\n"
+    )
+    record = wait_for_run(store, run_id)
+    assert record.status is RunStatus.passed, record.error
+    assert [record.tasks[k].runs for k in "abcd"] == [2, 1, 1, 1]
+    assert git(["show", f"otto-farm/{run_id}/integration:c.txt"], cwd=repo) == "0\n"

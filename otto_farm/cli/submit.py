@@ -82,7 +82,7 @@ def run(
     loaded: taskset.LoadedTaskSet, wait: bool = True, workers: int = 2, workers_given: bool = False
 ) -> None:
     """Start a run of a loaded task set and, with `wait`, follow it and exit with its outcome's code."""
-    if not wait and not _lasting():  # a farm started for this command would stop as it returns
+    if not wait and not lasting():  # a farm started for this command would stop as it returns
         raise InputError("--no-wait", "", "needs a running farm: start one with `otto-farm up`")
     with connected(workers) as (store, proc):
         record = coordinator.start(store, loaded)
@@ -135,7 +135,7 @@ def pilot_note(ts: TaskSet, own_workers: bool) -> str | None:
     return None
 
 
-def _lasting() -> bool:
+def lasting() -> bool:
     """Whether the farm outlives this command: a configured broker's, or one `otto-farm up` keeps."""
     settings = Settings.load()
     return not settings.embedded or Embedded(settings).kept_up()
@@ -144,7 +144,7 @@ def _lasting() -> bool:
 def interrupted(store: Store, run_id: str) -> NoReturn:
     """Ctrl-C while following a run: on a farm that outlives this command the run goes on; on one
     that stops with it, the run could only wait forever, so it is cancelled."""
-    if _lasting():
+    if lasting():
         err_console.print(
             f"otto-farm: interrupted; run {run_id} goes on: `otto-farm status {run_id}` follows it, "
             f"`otto-farm cancel {run_id}` stops it",
