@@ -75,6 +75,11 @@ def transcripts_key(run_id: str) -> str:
     return f"{PREFIX}:run:{run_id}:transcripts"
 
 
+def plan_key(run_id: str) -> str:
+    """The batches still to dispatch, first first, each a JSON list of task keys (runparts.py)."""
+    return f"{PREFIX}:run:{run_id}:plan"
+
+
 def usage_key(run_id: str) -> str:
     """Hash of the run's usage counters (tokens, cost), added to with HINCRBY as results come in."""
     return f"{PREFIX}:run:{run_id}:usage"

@@ -1,17 +1,22 @@
 """How a run record lies in Redis: in parts, so a write costs what changed and a job reads its own part.
 
-- `otto-farm:run:<id>` (string): the head, the record without its task set, usage, task states and
-  batches: what every reader needs, small at any size of run but for the plan still to run.
+- `otto-farm:run:<id>` (string): the head, the record without its task set, usage, task states,
+  batches and plan: what every reader needs, small at any size of run.
 - `…:tasks` (hash): task key → its TaskState, without its results (stored apart, `keys.results_key`).
 - `…:batches` (hash): batch index → its BatchRecord.
+- `…:plan` (list): the batches still to dispatch, each a JSON list of task keys. A boundary that keeps
+  the plan takes its first batch (LPOP): however long the plan, a boundary or a job pays nothing for it.
 
 A write sends only the parts whose JSON changed (`write`), so a batch boundary writes its batch and
 the tasks it moved, not the run; a job reads the head, its task and its batch (`Store.job_view`).
 A boundary reads a *window* (`Window`): the head, its batch and the last, and their tasks' states
-with those of the next planned batch. Code that needs the whole run calls `whole`, which raises
-`Unread` on a window: `Store.update` then reads the whole run and runs its change again.
+with those of the next planned batch, which alone of the plan it reads (the others stand as empty
+batches, which no plan holds: `UNREAD_BATCH`). Code that needs the whole run calls `whole`, which
+raises `Unread` on a window, as does a window's write of a plan changed otherwise than by taking its
+first batch (`check`): `Store.update` then reads the whole run and runs its change again.
 The task states' order is the task set's (the stored one, then the pilot's additions). A run stored
-whole in its head by an earlier version is read as it is and split at its next update.
+by an earlier version, whole in its head or with its plan there, is read as it is and split at its
+next update.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from otto_farm import keys
 from otto_farm.errors import InputError
 from otto_farm.models import BatchRecord, RunRecord, TaskSet, TaskState, TaskStatus
 
-_HEAD_EXCLUDE: Any = {"taskset": True, "usage": True, "tasks": True, "batches": True}
+_HEAD_EXCLUDE: Any = {"taskset": True, "usage": True, "tasks": True, "batches": True, "plan": True}
+UNREAD_BATCH = "[]"  # a batch of the plan a window did not read; no plan holds an empty batch
 # A task's results have a hash of their own; when its job started is read from the started hash; its
 # key is the hash's field; its merged sha is its batch's (`join`). Defaults are left out too: a state
 # is kept at about a quarter of its size.
@@ -40,6 +46,7 @@ class Parts:
     head: str | None
     tasks: dict[str, str] = field(default_factory=dict)
     batches: dict[str, str] = field(default_factory=dict)
+    plan: list[str] = field(default_factory=list)
 
 
 # Stands for a batch a window did not read, so that `record.batches[i]` keeps its meaning; never written.
@@ -69,11 +76,18 @@ class Window:
         return sorted({str(last if self.batch < 0 else self.batch), str(last)}) if self.count else []
 
     @staticmethod
-    def task_keys(raw_batches: list[str | None], raw_head: str | None) -> list[str]:
+    def task_keys(raw_batches: list[str | None], raw_plan: list[str], raw_head: str | None) -> list[str]:
         """The tasks of the batches read, and of the next planned batch (a boundary may open it)."""
         keys = [k for raw in raw_batches if raw is not None for k in json.loads(raw)["tasks"]]
-        plan = json.loads(raw_head).get("plan") if raw_head is not None else None
+        if raw_plan:
+            return list(dict.fromkeys(keys + json.loads(raw_plan[0])))
+        plan = json.loads(raw_head).get("plan") if raw_head is not None else None  # an earlier version's
         return list(dict.fromkeys(keys + (plan[0] if plan else [])))
+
+
+def names(run_id: str) -> list[str]:
+    """The keys the record's head, task states, batches and plan are stored in."""
+    return [keys.run_key(run_id), keys.tasks_key(run_id), keys.batches_key(run_id), keys.plan_key(run_id)]
 
 
 def read(client: Any, run_id: str, window: Window | None) -> tuple[Parts, dict[str, str], Window | None]:
@@ -81,27 +95,33 @@ def read(client: Any, run_id: str, window: Window | None) -> tuple[Parts, dict[s
     says how many batches the run has; None: read whole, as a head stored whole by an earlier version
     is)."""
     run, tasks, batches = keys.run_key(run_id), keys.tasks_key(run_id), keys.batches_key(run_id)
+    plan = keys.plan_key(run_id)
     with client.pipeline(transaction=False) as pipe:
         pipe.get(run)
         pipe.hgetall(keys.usage_key(run_id))
         if window is None:
             pipe.hgetall(tasks)
             pipe.hgetall(batches)
-            raw, usage, states, batch_parts = pipe.execute()
-            return Parts(raw, states, batch_parts), usage, None
+            pipe.lrange(plan, 0, -1)
+            raw, usage, states, batch_parts, raw_plan = pipe.execute()
+            return Parts(raw, states, batch_parts, raw_plan), usage, None
         pipe.hlen(batches)
-        raw, usage, count = pipe.execute()
+        pipe.lindex(plan, 0)
+        pipe.llen(plan)
+        raw, usage, count, first, length = pipe.execute()
     if raw is not None and '"tasks":' in raw and "tasks" in json.loads(raw):
         return read(client, run_id, None)
     window = Window(window.batch, count)
     fields = window.batch_fields()
     raw_batches: list[str | None] = client.hmget(batches, fields) if fields else []
-    task_keys = Window.task_keys(raw_batches, raw)
+    raw_plan = [first, *[UNREAD_BATCH] * (length - 1)] if first is not None else []
+    task_keys = Window.task_keys(raw_batches, raw_plan, raw)
     raw_states: list[str | None] = client.hmget(tasks, task_keys) if task_keys else []
     parts = Parts(
         raw,
         {k: v for k, v in zip(task_keys, raw_states, strict=True) if v is not None},
         {f: v for f, v in zip(fields, raw_batches, strict=True) if v is not None},
+        raw_plan,
     )
     return parts, usage, window
 
@@ -114,7 +134,15 @@ def split(record: RunRecord) -> Parts:
             for k, s in record.tasks.items()
         },
         {str(b.index): b.model_dump_json(exclude_defaults=True) for b in record.batches if b is not UNREAD},
+        [json.dumps(batch, separators=(",", ":")) for batch in record.plan],
     )
+
+
+def check(parts: Parts, before: Parts, run_id: str) -> None:
+    """Unread if a window's plan was changed otherwise than by taking its first batch: writing it
+    needs the whole plan."""
+    if UNREAD_BATCH in parts.plan and parts.plan not in (before.plan, before.plan[1:]):
+        raise Unread(run_id)
 
 
 def head(run_id: str, raw: str | None) -> dict[str, Any]:
@@ -166,6 +194,7 @@ def join(
     unchanged task states are not parsed again."""
     parsed = head(run_id, parts.head)
     whole_tasks, whole_batches = parsed.pop("tasks", None), parsed.pop("batches", None)  # a whole head
+    plan = [json.loads(b) for b in parts.plan] or parsed.pop("plan", None) or []  # or in the head
     if window is None:
         order = [t.key for t in taskset.tasks if t.key in parts.tasks]
         states = _states(parts, order, seen) if order else whole_tasks or {}
@@ -179,7 +208,7 @@ def join(
     # The parts come validated (from their JSON, in one pass each: twice as fast as json.loads and
     # validating the objects), and pydantic keeps model instances as they are.
     record = RunRecord.model_validate(
-        {**parsed, "taskset": taskset, "usage": usage, "tasks": states, "batches": batches}
+        {**parsed, "taskset": taskset, "usage": usage, "tasks": states, "batches": batches, "plan": plan}
     )
     count = len(record.batches)
     for state in record.tasks.values():  # a passed task is on the integration branch since its batch
@@ -193,6 +222,13 @@ def write(pipe: Any, run_id: str, parts: Parts, before: Parts | None = None) -> 
     """Queue the writes of the parts that differ from `before` (all of them without it)."""
     if before is None or parts.head != before.head:
         pipe.set(keys.run_key(run_id), parts.head)
+    plan = keys.plan_key(run_id)
+    if before is not None and parts.plan == before.plan[1:] != before.plan:  # the first batch taken
+        pipe.lpop(plan)
+    elif before is None or parts.plan != before.plan:
+        pipe.delete(plan)
+        if parts.plan:
+            pipe.rpush(plan, *parts.plan)
     for name, now, then in (
         (keys.tasks_key(run_id), parts.tasks, before.tasks if before else {}),
         (keys.batches_key(run_id), parts.batches, before.batches if before else {}),

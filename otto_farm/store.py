@@ -235,23 +235,24 @@ class Store:
         run's usage is counted apart: `usage` is added to it in the same transaction. With `window`,
         `change` is given a window of the record, and the whole one if it needs it (runparts.Unread).
         """
-        names = [keys.run_key(run_id), keys.tasks_key(run_id), keys.batches_key(run_id)]
         usage_key = keys.usage_key(run_id)
         while True:
             with self.redis.pipeline() as pipe:
                 try:
                     # Read after WATCH (on other connections: one round trip each): a write that
                     # lands after the read fails the EXEC below, and the change runs again.
-                    pipe.watch(*names, usage_key)
+                    pipe.watch(*runparts.names(run_id), usage_key)
                     before, counters, read = runparts.read(self.redis, run_id, window)
                     record = self._join(run_id, before, counters, read)
                     try:
                         change(record)
+                        parts = runparts.split(record)
+                        runparts.check(parts, before, run_id)
                     except runparts.Unread:
                         window = None
                         continue
                     pipe.multi()
-                    runparts.write(pipe, run_id, runparts.split(record), before)
+                    runparts.write(pipe, run_id, parts, before)
                     if usage is not None:
                         _count(pipe, usage_key, usage)
                     pipe.execute()

@@ -181,3 +181,33 @@ def test_transcripts_are_kept_per_attempt_with_a_ttl(store):
 def test_an_unknown_run_is_an_input_error(store):
     with pytest.raises(InputError, match="no such run"):
         store.get("no-such-run")
+
+
+def test_a_window_that_changes_the_plan_beyond_its_first_batch_writes_it_whole(store):
+    """Guards the plan as a list (issue 17): a window reads the plan's first batch alone; taking it is
+    one LPOP, and any other change of the plan is made again on the whole run (runparts.Unread)."""
+    record = stored_record(store, n=6)
+    store.update(record.run_id, lambda r: setattr(r, "plan", [["t0"], ["t1", "t2"], ["t3"]]))
+    store.update(record.run_id, lambda r: r.plan.pop(0), window=runparts.Window(-1))
+    assert store.redis.lrange(keys.plan_key(record.run_id), 0, -1) == ['["t1","t2"]', '["t3"]']
+    seen: list[int] = []
+
+    def reorder(r: RunRecord) -> None:
+        seen.append(len(r.plan[1]))  # 0 in a window: a batch it did not read
+        r.plan = [r.plan[1], r.plan[0]]
+
+    store.update(record.run_id, reorder, window=runparts.Window(-1))
+    assert seen == [0, 1]  # tried on the window, then made on the whole run
+    assert store.get(record.run_id).plan == [["t3"], ["t1", "t2"]]
+    assert "plan" not in json.loads(store.redis.get(keys.run_key(record.run_id)))
+
+
+def test_a_plan_stored_in_the_head_by_an_earlier_version_moves_to_its_list_at_the_next_update(store):
+    record = stored_record(store, n=3)
+    head = json.loads(store.redis.get(keys.run_key(record.run_id)))
+    store.redis.set(keys.run_key(record.run_id), json.dumps({**head, "plan": [["t1"], ["t2"]]}))
+    store.redis.delete(keys.plan_key(record.run_id))
+    assert store.get(record.run_id).plan == [["t1"], ["t2"]]
+    store.update(record.run_id, lambda r: r.plan.pop(0), window=runparts.Window(-1))
+    assert "plan" not in json.loads(store.redis.get(keys.run_key(record.run_id)))
+    assert store.redis.lrange(keys.plan_key(record.run_id), 0, -1) == ['["t2"]']

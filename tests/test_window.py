@@ -39,8 +39,8 @@ def chain(repo: str, failing: str | None = None) -> dict[str, Any]:
     }
 
 
-def whole_reads(store, write_taskset, data: dict[str, Any]) -> tuple[int, str]:
-    """How many times the run's task states were read whole (HGETALL) while it ran, and its run id."""
+def sent(store, write_taskset, data: dict[str, Any]) -> tuple[list[str], str]:
+    """The commands Redis was sent while the run ran, and its run id."""
     seen: list[str] = []
     done = threading.Event()
 
@@ -50,8 +50,7 @@ def whole_reads(store, write_taskset, data: dict[str, Any]) -> tuple[int, str]:
             for command in m.listen():
                 if done.is_set():
                     return
-                if command["command"].startswith("HGETALL "):
-                    seen.append(command["command"])
+                seen.append(command["command"])
 
     ready = threading.Event()
     thread = threading.Thread(target=monitor, daemon=True)
@@ -68,15 +67,27 @@ def whole_reads(store, write_taskset, data: dict[str, Any]) -> tuple[int, str]:
     done.set()
     store.redis.ping()  # the monitor thread sees one more command and stops
     thread.join(10)
+    return seen, run_id
+
+
+def whole_reads(store, write_taskset, data: dict[str, Any]) -> tuple[int, str]:
+    """How many times the run's task states were read whole (HGETALL) while it ran, and its run id."""
+    seen, run_id = sent(store, write_taskset, data)
     return sum(cmd == f"HGETALL {keys.tasks_key(run_id)}" for cmd in seen), run_id
 
 
 def test_boundaries_where_nothing_failed_do_not_read_the_whole_run(make_repo, write_taskset, store, worker):
-    reads, run_id = whole_reads(store, write_taskset, chain(str(make_repo())))
+    seen, run_id = sent(store, write_taskset, chain(str(make_repo())))
     assert wait_for_run(store, run_id).status is RunStatus.passed
     # The first batch's dispatch and the run's end read every task; the LAYERS - 1 boundaries between
     # read their batch's window. Reading whole, each boundary read the run twice (10 more here).
-    assert reads == 2
+    assert sum(cmd == f"HGETALL {keys.tasks_key(run_id)}" for cmd in seen) == 2
+    # The plan is written once, and each batch that opens takes its first batch off it: a boundary
+    # reads the next batch alone (LINDEX), whatever the plan's length.
+    plan = keys.plan_key(run_id)
+    on_plan = [cmd.split(" ", 2)[0] for cmd in seen if cmd.split(" ")[1:2] == [plan]]
+    assert on_plan.count("RPUSH") == 1 and on_plan.count("LPOP") == LAYERS
+    assert on_plan.count("LRANGE") == 2 and "LINDEX" in on_plan
 
 
 def test_a_failure_reads_the_whole_run_and_the_replan_skips_its_dependents(
