@@ -52,6 +52,9 @@ def largest_value(store: Store, names: list[str]) -> tuple[str, int]:
         elif kind in (b"hash", "hash"):
             for field, value in store.redis.hgetall(name).items():
                 best = max(best, (f"`{name}` field `{field}`", len(value)), key=lambda x: x[1])
+        elif kind in (b"list", "list"):
+            for i, value in enumerate(store.redis.lrange(name, 0, -1)):
+                best = max(best, (f"`{name}` element {i}", len(value)), key=lambda x: x[1])
     return best
 
 
@@ -176,11 +179,12 @@ def status_ms(b: Bench, run_id: str, repeats: int, *flags: str, tty: bool = Fals
 
 
 def record_json(store: Store, run_id: str) -> int:
-    """Bytes of the run record's JSON as stored (head, task set, task states, batches): the unit of
-    issue 17's 2,281 KiB, beside what Redis holds for it."""
+    """Bytes of the run record's JSON as stored (head, task set, task states, batches, plan): the unit
+    of issue 17's 2,281 KiB, beside what Redis holds for it."""
     head = store.redis.strlen(keys.run_key(run_id)) + store.redis.strlen(keys.taskset_key(run_id))
     parts = [store.redis.hgetall(keys.tasks_key(run_id)), store.redis.hgetall(keys.batches_key(run_id))]
-    return int(head) + sum(len(k) + len(v) for part in parts for k, v in part.items())
+    plan = store.redis.lrange(keys.plan_key(run_id), 0, -1)
+    return int(head) + sum(len(k) + len(v) for part in parts for k, v in part.items()) + sum(map(len, plan))
 
 
 def bench_scale(b: Bench, n: int, budget_s: float) -> tuple[str, dict[str, Any]]:
