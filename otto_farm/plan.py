@@ -50,6 +50,15 @@ def find_cycle(deps: Mapping[str, Iterable[str]]) -> list[str] | None:
     return None
 
 
+def dependents_of(deps: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
+    """Task → the tasks that depend on it, from task → its dependencies."""
+    out: dict[str, list[str]] = {}
+    for key, on in deps.items():
+        for dep in on:
+            out.setdefault(dep, []).append(key)
+    return out
+
+
 def batches(
     order: list[str], deps: Mapping[str, Iterable[str]], max_batch_size: int, done: Iterable[str] = ()
 ) -> list[list[str]]:
@@ -60,10 +69,7 @@ def batches(
     done_set = set(done)
     position = {k: i for i, k in enumerate(order)}
     waiting = {k: {d for d in deps.get(k, ()) if d not in done_set} for k in order}
-    dependents: dict[str, list[str]] = {}
-    for key, unmet in waiting.items():
-        for dep in unmet:
-            dependents.setdefault(dep, []).append(key)
+    dependents = dependents_of(waiting)
     # Kahn's layering: linear in tasks and edges, where testing every task per layer was quadratic.
     layer = [k for k in order if not waiting[k]]
     out: list[list[str]] = []

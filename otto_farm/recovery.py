@@ -22,7 +22,7 @@ from otto_farm.models import (
     RunStatus,
     TaskStatus,
 )
-from otto_farm.plan import retry_guidance, skipped_for_a_dependency
+from otto_farm.plan import dependents_of, retry_guidance, skipped_for_a_dependency
 from otto_farm.store import Store
 
 
@@ -227,10 +227,7 @@ def retry(store: Store, run_id: str, key: str, feedback: str | None = None) -> R
 
 def _skipped_for(record: RunRecord, key: str) -> list[str]:
     """The tasks skipped, directly or down the line, because `key` did not pass (not the pilot's skips)."""
-    dependents: dict[str, list[str]] = {}
-    for task in record.taskset.tasks:
-        for dep in task.depends_on:
-            dependents.setdefault(dep, []).append(task.key)
+    dependents = dependents_of(record.taskset.dependencies())
     found, todo = [], list(dependents.get(key, ()))
     while todo:
         child = todo.pop()

@@ -94,8 +94,7 @@ def read(client: Any, run_id: str, window: Window | None) -> tuple[Parts, dict[s
     """The record's parts as stored, and its usage counters: whole, or a window's (the window returned
     says how many batches the run has; None: read whole, as a head stored whole by an earlier version
     is)."""
-    run, tasks, batches = keys.run_key(run_id), keys.tasks_key(run_id), keys.batches_key(run_id)
-    plan = keys.plan_key(run_id)
+    run, tasks, batches, plan = names(run_id)
     with client.pipeline(transaction=False) as pipe:
         pipe.get(run)
         pipe.hgetall(keys.usage_key(run_id))

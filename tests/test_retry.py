@@ -18,21 +18,25 @@ AGENT = (
 )
 
 
+def one_run_each(repo, verify: str, tasks: list[dict]) -> dict:
+    """A task set whose tasks get one attempt and one run, with AGENT, and no pilot."""
+    return {
+        "repo": str(repo),
+        "max_attempts": 1,
+        "max_task_runs": 1,
+        "pilot": {"enabled": False},
+        "verify": verify,
+        "agent": {"command": AGENT},
+        "tasks": tasks,
+    }
+
+
 def test_retry_with_feedback_merges_the_tasks_new_commit(
     make_repo, write_taskset, settings, worker, tmp_path
 ):
     repo = make_repo()
-    path = write_taskset(
-        {
-            "repo": str(repo),
-            "max_attempts": 1,
-            "max_task_runs": 1,
-            "pilot": {"enabled": False},
-            "verify": "grep -qx 42 b.txt",
-            "agent": {"command": AGENT},
-            "tasks": [{"key": "a", "prompt": "p", "verify": "true"}, {"key": "b", "prompt": "p"}],
-        }
-    )
+    tasks = [{"key": "a", "prompt": "p", "verify": "true"}, {"key": "b", "prompt": "p"}]
+    path = write_taskset(one_run_each(repo, "grep -qx 42 b.txt", tasks))
     env = settings.env()
     first = otto("submit", str(path), cwd=tmp_path, env=env)
     assert first.returncode == 1, first.stdout + first.stderr  # b failed: its agent wrote 0
@@ -75,22 +79,13 @@ def test_a_retried_task_that_passes_brings_back_the_tasks_skipped_for_it(
     """`retry --no-wait` on a run whose failed task took its dependents down (b, then c after b): they
     are pending again, and run after the retried task once it passes."""
     repo = make_repo()
-    path = write_taskset(
-        {
-            "repo": str(repo),
-            "max_attempts": 1,
-            "max_task_runs": 1,
-            "pilot": {"enabled": False},
-            "verify": "true",
-            "agent": {"command": AGENT},
-            "tasks": [
-                {"key": "a", "prompt": "p", "verify": "grep -qx 42 a.txt"},
-                {"key": "b", "prompt": "p", "depends_on": ["a"]},
-                {"key": "c", "prompt": "p", "depends_on": ["b"]},
-                {"key": "d", "prompt": "p"},
-            ],
-        }
-    )
+    tasks = [
+        {"key": "a", "prompt": "p", "verify": "grep -qx 42 a.txt"},
+        {"key": "b", "prompt": "p", "depends_on": ["a"]},
+        {"key": "c", "prompt": "p", "depends_on": ["b"]},
+        {"key": "d", "prompt": "p"},
+    ]
+    path = write_taskset(one_run_each(repo, "true", tasks))
     env = settings.env()
     first = otto("submit", str(path), cwd=tmp_path, env=env)
     assert first.returncode == 1, first.stdout + first.stderr
