@@ -51,17 +51,27 @@ def sweep_lock_key() -> str:
 
 
 def taskset_key(run_id: str) -> str:
-    """The run's task set as JSON, written once."""
+    """The run's task set as JSON, compressed (packed.squeeze), written once."""
     return f"{PREFIX}:run:{run_id}:taskset"
 
 
+def states_key(run_id: str) -> str:
+    """Hash of the run's task states (TaskState without results), packed in buckets (packed.py)."""
+    return f"{PREFIX}:run:{run_id}:states"
+
+
+def batch_records_key(run_id: str) -> str:
+    """Hash of the run's batches (BatchRecord), packed in buckets of consecutive indexes (packed.py)."""
+    return f"{PREFIX}:run:{run_id}:batch-records"
+
+
 def tasks_key(run_id: str) -> str:
-    """Hash of the run's task states (TaskState without results), field: the task key (runparts.py)."""
+    """An earlier version's hash of the task states, one field a task: read, then replaced by `states_key`."""
     return f"{PREFIX}:run:{run_id}:tasks"
 
 
 def batches_key(run_id: str) -> str:
-    """Hash of the run's batches (BatchRecord), field: the batch index (runparts.py)."""
+    """An earlier version's hash of the batches, one field a batch: read, then replaced likewise."""
     return f"{PREFIX}:run:{run_id}:batches"
 
 

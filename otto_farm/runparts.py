@@ -2,32 +2,34 @@
 
 - `otto-farm:run:<id>` (string): the head, the record without its task set, usage, task states,
   batches and plan: what every reader needs, small at any size of run.
-- `…:tasks` (hash): task key → its TaskState, without its results (stored apart, `keys.results_key`).
-- `…:batches` (hash): batch index → its BatchRecord.
+- `…:states` (hash): the TaskStates, without their results (stored apart, `keys.results_key`), and
+- `…:batch-records` (hash): the BatchRecords, both packed in buckets of a few dozen (packed.py).
 - `…:plan` (list): the batches still to dispatch, each a JSON list of task keys. A boundary that keeps
   the plan takes its first batch (LPOP): however long the plan, a boundary or a job pays nothing for it.
 
-A write sends only the parts whose JSON changed (`write`), so a batch boundary writes its batch and
-the tasks it moved, not the run; a job reads the head, its task and its batch (`Store.job_view`).
+A write sends only the buckets of the parts whose JSON changed (`write`), so a batch boundary writes
+its batch and the tasks it moved, not the run; a job reads the head and the buckets of its task and
+its batch (`Store.job_view`).
 A boundary reads a *window* (`Window`): the head, its batch and the last, and their tasks' states
 with those of the next planned batch, which alone of the plan it reads (the others stand as empty
 batches, which no plan holds: `UNREAD_BATCH`). Code that needs the whole run calls `whole`, which
 raises `Unread` on a window, as does a window's write of a plan changed otherwise than by taking its
 first batch (`check`): `Store.update` then reads the whole run and runs its change again.
 The task states' order is the task set's (the stored one, then the pilot's additions). A run stored
-by an earlier version, whole in its head or with its plan there, is read as it is and split at its
-next update.
+by an earlier version, whole in its head, with its plan there or a hash field a task or batch, is
+read whole as it is and stored in this layout at its next update.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import TypeAdapter
 
-from otto_farm import keys
+from otto_farm import keys, packed
 from otto_farm.errors import InputError
 from otto_farm.models import BatchRecord, RunRecord, TaskSet, TaskState, TaskStatus
 
@@ -41,12 +43,15 @@ _STATE_EXCLUDE = {"key", "results", "started_at", "merged_sha"}
 
 @dataclass
 class Parts:
-    """A record's parts as stored: JSON text each."""
+    """A record's parts as stored: JSON text each; as read, with the buckets that held them."""
 
     head: str | None
     tasks: dict[str, str] = field(default_factory=dict)
     batches: dict[str, str] = field(default_factory=dict)
     plan: list[str] = field(default_factory=list)
+    state_buckets: packed.Buckets = field(default_factory=packed.Buckets)
+    batch_buckets: packed.Buckets = field(default_factory=packed.Buckets)
+    legacy: bool = False  # read from an earlier version's hashes, a field a task or batch
 
 
 # Stands for a batch a window did not read, so that `record.batches[i]` keeps its meaning; never written.
@@ -86,42 +91,78 @@ class Window:
 
 
 def names(run_id: str) -> list[str]:
-    """The keys the record's head, task states, batches and plan are stored in."""
-    return [keys.run_key(run_id), keys.tasks_key(run_id), keys.batches_key(run_id), keys.plan_key(run_id)]
+    """The keys the record's head, task states, batches and plan are stored in, and an earlier
+    version's task states and batches."""
+    return [
+        keys.run_key(run_id),
+        keys.states_key(run_id),
+        keys.batch_records_key(run_id),
+        keys.plan_key(run_id),
+        keys.tasks_key(run_id),
+        keys.batches_key(run_id),
+    ]
 
 
-def read(client: Any, run_id: str, window: Window | None) -> tuple[Parts, dict[str, str], Window | None]:
+def _buckets(client: Any, name: str, ids: list[str]) -> dict[str, str | None]:
+    return dict(zip(ids, client.hmget(name, ids), strict=True)) if ids else {}
+
+
+def read(
+    client: Any, run_id: str, window: Window | None, places: Callable[[], Mapping[str, int]]
+) -> tuple[Parts, dict[str, str], Window | None]:
     """The record's parts as stored, and its usage counters: whole, or a window's (the window returned
-    says how many batches the run has; None: read whole, as a head stored whole by an earlier version
-    is)."""
-    run, tasks, batches, plan = names(run_id)
+    says how many batches the run has; None: read whole, as an earlier version's layout is).
+    `places` gives each task's place in the run's stored task set (packed.task_bucket), for a window."""
+    run, states, batches, plan, old_states, old_batches = names(run_id)
     with client.pipeline(transaction=False) as pipe:
         pipe.get(run)
         pipe.hgetall(keys.usage_key(run_id))
+        pipe.exists(old_states)
         if window is None:
-            pipe.hgetall(tasks)
+            pipe.hgetall(states)
             pipe.hgetall(batches)
             pipe.lrange(plan, 0, -1)
-            raw, usage, states, batch_parts, raw_plan = pipe.execute()
-            return Parts(raw, states, batch_parts, raw_plan), usage, None
+            raw, usage, legacy, state_raws, batch_raws, raw_plan = pipe.execute()
+            if legacy:
+                state_raws, batch_raws = client.hgetall(old_states), client.hgetall(old_batches)
+                return Parts(raw, state_raws, batch_raws, raw_plan, legacy=True), usage, None
+            state_buckets = packed.Buckets.of(state_raws, whole=True)
+            batch_buckets = packed.Buckets.of(batch_raws, whole=True)
+            parts = Parts(raw, state_buckets.values(), batch_buckets.values(), raw_plan)
+            parts.state_buckets, parts.batch_buckets = state_buckets, batch_buckets
+            return parts, usage, None
         pipe.hlen(batches)
         pipe.lindex(plan, 0)
         pipe.llen(plan)
-        raw, usage, count, first, length = pipe.execute()
-    if raw is not None and '"tasks":' in raw and "tasks" in json.loads(raw):
-        return read(client, run_id, None)
+        raw, usage, legacy, stored_buckets, first, length = pipe.execute()
+    if raw is None:
+        return Parts(None), usage, window
+    if legacy or ('"tasks":' in raw and "tasks" in json.loads(raw)):
+        return read(client, run_id, None, places)
+    last = stored_buckets - 1
+    wanted = {str(last), packed.batch_bucket(window.batch)} if window.batch >= 0 else {str(last)}
+    batch_buckets = packed.Buckets.of(
+        _buckets(client, batches, sorted(wanted) if stored_buckets else []), False, stored_buckets
+    )
+    count = (
+        last * packed.BATCHES_PER_BUCKET + len(batch_buckets.read.get(str(last), ())) if stored_buckets else 0
+    )
     window = Window(window.batch, count)
-    fields = window.batch_fields()
-    raw_batches: list[str | None] = client.hmget(batches, fields) if fields else []
+    batch_values = batch_buckets.values()
+    fields = [f for f in window.batch_fields() if f in batch_values]
     raw_plan = [first, *[UNREAD_BATCH] * (length - 1)] if first is not None else []
-    task_keys = Window.task_keys(raw_batches, raw_plan, raw)
-    raw_states: list[str | None] = client.hmget(tasks, task_keys) if task_keys else []
+    task_keys = Window.task_keys([batch_values[f] for f in fields], raw_plan, raw)
+    where = places()
+    ids = sorted({packed.task_bucket(k, where) for k in task_keys})
+    state_buckets = packed.Buckets.of(_buckets(client, states, ids), False, packed.task_buckets(where))
+    state_values = state_buckets.values()
     parts = Parts(
         raw,
-        {k: v for k, v in zip(task_keys, raw_states, strict=True) if v is not None},
-        {f: v for f, v in zip(fields, raw_batches, strict=True) if v is not None},
+        {k: state_values[k] for k in task_keys if k in state_values},
+        {f: batch_values[f] for f in fields},
         raw_plan,
     )
+    parts.state_buckets, parts.batch_buckets = state_buckets, batch_buckets
     return parts, usage, window
 
 
@@ -137,11 +178,25 @@ def split(record: RunRecord) -> Parts:
     )
 
 
-def check(parts: Parts, before: Parts, run_id: str) -> None:
-    """Unread if a window's plan was changed otherwise than by taking its first batch: writing it
-    needs the whole plan."""
+def _changed(now: dict[str, str], then: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in now.items() if then.get(k) != v}
+
+
+def check(parts: Parts, before: Parts, run_id: str, places: Mapping[str, int]) -> None:
+    """Unread if a window's plan was changed otherwise than by taking its first batch, or a task or
+    batch in a bucket the window did not read: writing those needs the whole run."""
     if UNREAD_BATCH in parts.plan and parts.plan not in (before.plan, before.plan[1:]):
         raise Unread(run_id)
+    if before.state_buckets.unread(
+        list(_changed(parts.tasks, before.tasks)), lambda key: packed.task_bucket(key, places)
+    ):
+        raise Unread(run_id)
+    if before.batch_buckets.unread(list(_changed(parts.batches, before.batches)), _batch_bucket):
+        raise Unread(run_id)
+
+
+def _batch_bucket(index: str) -> str:
+    return packed.batch_bucket(int(index))
 
 
 def head(run_id: str, raw: str | None) -> dict[str, Any]:
@@ -217,8 +272,11 @@ def join(
     return record
 
 
-def write(pipe: Any, run_id: str, parts: Parts, before: Parts | None = None) -> None:
-    """Queue the writes of the parts that differ from `before` (all of them without it)."""
+def write(
+    pipe: Any, run_id: str, parts: Parts, places: Mapping[str, int], before: Parts | None = None
+) -> None:
+    """Queue the writes of the parts that differ from `before` (all of them without it); `places` as
+    for `read`."""
     if before is None or parts.head != before.head:
         pipe.set(keys.run_key(run_id), parts.head)
     plan = keys.plan_key(run_id)
@@ -228,12 +286,20 @@ def write(pipe: Any, run_id: str, parts: Parts, before: Parts | None = None) -> 
         pipe.delete(plan)
         if parts.plan:
             pipe.rpush(plan, *parts.plan)
-    for name, now, then in (
-        (keys.tasks_key(run_id), parts.tasks, before.tasks if before else {}),
-        (keys.batches_key(run_id), parts.batches, before.batches if before else {}),
+    if before is None or before.legacy:  # every part is written, in this layout
+        if before is not None:
+            pipe.delete(keys.tasks_key(run_id), keys.batches_key(run_id))
+        before = Parts(before.head if before else None, plan=parts.plan)
+
+    def task_bucket(key: str) -> str:
+        return packed.task_bucket(key, places)
+
+    for name, now, then, buckets, bucket_of in (
+        (keys.states_key(run_id), parts.tasks, before.tasks, before.state_buckets, task_bucket),
+        (keys.batch_records_key(run_id), parts.batches, before.batches, before.batch_buckets, _batch_bucket),
     ):
-        if changed := {k: v for k, v in now.items() if then.get(k) != v}:
-            pipe.hset(name, mapping=changed)
+        if changed := _changed(now, then):
+            pipe.hset(name, mapping=buckets.writes(changed, bucket_of))
 
 
 @dataclass

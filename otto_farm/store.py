@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import redis
 
-from otto_farm import keys, lease, redact, runparts, shell
+from otto_farm import keys, lease, packed, redact, runparts, shell
 from otto_farm.errors import Busy, InfrastructureError, InputError
 from otto_farm.models import (
     BatchRecord,
@@ -82,6 +82,10 @@ def _event(kind: str, fields: dict[str, Any]) -> dict[str, str]:
     return cast(dict[str, str], redact.stored(entry))
 
 
+def _places(taskset: TaskSet) -> dict[str, int]:
+    return {t.key: i for i, t in enumerate(taskset.tasks)}
+
+
 def _redacted(result: TaskResult) -> TaskResult:
     """The result with no secret the worker knows in its text (outputs, errors, messages)."""
     data = result.model_dump(mode="json")
@@ -94,7 +98,7 @@ class Store:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        self._tasksets: dict[str, TaskSet] = {}
+        self._tasksets: dict[str, tuple[TaskSet, dict[str, int]]] = {}
         self._add_result = client.register_script(_ADD_RESULT)
 
     @classmethod
@@ -112,8 +116,8 @@ class Store:
             raise InfrastructureError(f"run {record.run_id} exists already")
         # The head last: a reader that finds it finds the task set and the other parts too.
         with self.redis.pipeline() as pipe:
-            pipe.set(keys.taskset_key(record.run_id), record.taskset.model_dump_json())
-            runparts.write(pipe, record.run_id, runparts.split(record))
+            pipe.set(keys.taskset_key(record.run_id), packed.squeeze(record.taskset.model_dump_json()))
+            runparts.write(pipe, record.run_id, runparts.split(record), self._places(record.run_id, record))
             pipe.execute()
         self.redis.zadd(keys.runs_index_key(), {record.run_id: record.created_at.timestamp()})
         self.redis.sadd(keys.active_runs_key(), record.run_id)
@@ -129,24 +133,29 @@ class Store:
         """The run record, with the results of `tasks` (default: every task's it holds); with `window`,
         a window of it (runparts.Window): what a batch boundary reads, at any size of run; with `seen`,
         parsing again only the task states that changed since the last read with it."""
-        parts, usage, window = runparts.read(self.redis, run_id, window)
+        parts, usage, window = runparts.read(self.redis, run_id, window, lambda: self._places(run_id))
         record = self._join(run_id, parts, usage, window, seen)
         self.fill_results(record, record.tasks if tasks is None else tasks)
         return record
 
     def job_view(self, run_id: str, key: str, run_no: int, batch: int) -> runparts.JobView:
         """What run `run_no` of task `key` in batch `batch` needs to know, in one round trip: the head,
-        its task's state and results, and its batch."""
+        its task's state and results, and its batch (the buckets that hold them: packed.py)."""
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(keys.run_key(run_id))
-            pipe.hget(keys.tasks_key(run_id), key)
-            pipe.hget(keys.batches_key(run_id), str(batch))
+            pipe.hget(keys.states_key(run_id), packed.task_bucket(key, self._places(run_id)))
+            pipe.hget(keys.batch_records_key(run_id), packed.batch_bucket(batch))
             pipe.hmget(keys.results_key(run_id), [_field(key, n) for n in range(1, run_no + 1)])
             pipe.exists(keys.cancel_key(run_id))
-            raw, raw_state, raw_batch, results, cancelled = pipe.execute()
+            raw, state_bucket, batch_bucket, results, cancelled = pipe.execute()
         head = runparts.head(run_id, raw)
+        raw_state = packed.unpack(state_bucket).get(key) if state_bucket else None
+        raw_batch = packed.unpack(batch_bucket).get(str(batch)) if batch_bucket else None
         if "tasks" in head:  # stored whole by an earlier version
             raw_state, raw_batch = json.dumps(head["tasks"][key]), json.dumps(head["batches"][batch])
+        elif raw_state is None:  # or a field a task and batch, until the run's next update
+            raw_state = cast(str | None, self.redis.hget(keys.tasks_key(run_id), key))
+            raw_batch = cast(str | None, self.redis.hget(keys.batches_key(run_id), str(batch)))
         if raw_state is None or raw_batch is None:
             raise InputError("run", run_id, f"no task {key} in batch {batch + 1}")
         state = TaskState.model_validate({"key": key, **json.loads(raw_state)})
@@ -208,18 +217,30 @@ class Store:
         added = [TaskSpec.model_validate(t) for t in head.get("added_tasks", ())]
         return with_tasks(self._taskset(run_id), added)
 
+    def _places(self, run_id: str, record: RunRecord | None = None) -> dict[str, int]:
+        """Each task's place in the run's stored task set (packed.task_bucket); `record`: a run being
+        created, its task set not stored yet."""
+        if record is not None:
+            return _places(record.taskset)
+        self._taskset(run_id)
+        return self._tasksets[run_id][1]
+
     def _taskset(self, run_id: str) -> TaskSet:
-        """The run's task set, parsed once per process: it never changes."""
-        taskset = self._tasksets.get(run_id)
-        if taskset is None:
-            stored = self.redis.get(keys.taskset_key(run_id))
+        """The run's task set as stored (without the pilot's tasks), parsed once per process with its
+        tasks' places: it never changes."""
+        cached = self._tasksets.get(run_id)
+        if cached is None:
+            stored = cast(str | None, self.redis.get(keys.taskset_key(run_id)))
             if stored is None:
                 raise InputError("run", run_id, "its task set is missing from the store")
-            taskset = TaskSet.model_validate_json(stored)
+            # An earlier version stored it as plain JSON.
+            taskset = TaskSet.model_validate_json(
+                stored if stored.startswith("{") else packed.unsqueeze(stored)
+            )
             if len(self._tasksets) >= TASKSET_CACHE:
                 self._tasksets.pop(next(iter(self._tasksets)))
-            self._tasksets[run_id] = taskset
-        return taskset
+            cached = self._tasksets[run_id] = (taskset, _places(taskset))
+        return cached[0]
 
     def update(
         self,
@@ -242,17 +263,19 @@ class Store:
                     # Read after WATCH (on other connections: one round trip each): a write that
                     # lands after the read fails the EXEC below, and the change runs again.
                     pipe.watch(*runparts.names(run_id), usage_key)
-                    before, counters, read = runparts.read(self.redis, run_id, window)
+                    before, counters, read = runparts.read(
+                        self.redis, run_id, window, lambda: self._places(run_id)
+                    )
                     record = self._join(run_id, before, counters, read)
                     try:
                         change(record)
                         parts = runparts.split(record)
-                        runparts.check(parts, before, run_id)
+                        runparts.check(parts, before, run_id, self._places(run_id))
                     except runparts.Unread:
                         window = None
                         continue
                     pipe.multi()
-                    runparts.write(pipe, run_id, parts, before)
+                    runparts.write(pipe, run_id, parts, self._places(run_id), before)
                     if usage is not None:
                         _count(pipe, usage_key, usage)
                     pipe.execute()

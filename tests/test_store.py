@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from otto_farm import keys, runparts
+from otto_farm import keys, packed, runparts
 from otto_farm.errors import InputError
-from otto_farm.models import BatchRecord, RunRecord, TaskResult, TaskSpec, TaskStatus, Usage
+from otto_farm.models import BatchRecord, BatchStatus, RunRecord, TaskResult, TaskSpec, TaskStatus, Usage
 from otto_farm.store import LOG_TTL_S, Store, new_run_id
 
 from conftest import make_record
@@ -24,6 +24,11 @@ def stored_record(store: Store, n: int = 3) -> RunRecord:
     return record
 
 
+def stored(store: Store, name: str) -> dict[str, str]:
+    """The values of a packed hash (packed.py), by id."""
+    return {k: v for raw in store.redis.hgetall(name).values() for k, v in packed.unpack(raw).items()}
+
+
 def result(record: RunRecord, key: str, status: TaskStatus = TaskStatus.passed) -> TaskResult:
     usage = Usage(input_tokens=10, cost_usd=0.25)
     return TaskResult(run_id=record.run_id, task_key=key, run_no=1, batch=0, status=status, usage=usage)
@@ -34,7 +39,7 @@ def test_the_run_key_holds_neither_the_task_set_nor_results(store):
     store.add_result(result(record, "t0"))
     head = json.loads(store.redis.get(keys.run_key(record.run_id)))
     assert not {"taskset", "tasks", "batches", "usage"} & set(head)  # each has a key of its own
-    states = {k: json.loads(v) for k, v in store.redis.hgetall(keys.tasks_key(record.run_id)).items()}
+    states = {k: json.loads(v) for k, v in stored(store, keys.states_key(record.run_id)).items()}
     assert sorted(states) == ["t0", "t1", "t2"] and all("results" not in t for t in states.values())
     assert states["t0"]["status"] == "running"  # the batch callback folds the result in
     again = Store(store.redis).get(record.run_id)  # a fresh process: the task set read from its key
@@ -48,9 +53,9 @@ def test_the_run_key_holds_neither_the_task_set_nor_results(store):
 
 def test_an_update_writes_only_the_parts_it_changed(store):
     """Guards the record in parts (issue 17): a boundary that moves one task and adds a batch writes
-    that task and that batch, not the run (seen on the wire, with MONITOR); the states keep the task
-    set's order when read back."""
-    record = stored_record(store, n=50)
+    that task's bucket and that batch's, not the run (seen on the wire, with MONITOR); the states keep
+    the task set's order when read back."""
+    record = stored_record(store, n=4 * packed.TASKS_PER_BUCKET)
 
     def change(r: RunRecord) -> None:
         r.tasks["t3"].status = TaskStatus.passed
@@ -61,15 +66,45 @@ def test_an_update_writes_only_the_parts_it_changed(store):
         sent: list[str] = []
         while not (sent and sent[-1].upper() == "EXEC"):
             sent.append(monitor.next_command()["command"])
-    writes = [c.split(" ", 3)[:3] for c in sent if c.upper().startswith(("HSET", "SET"))]
-    assert writes == [
-        ["HSET", keys.tasks_key(record.run_id), "t3"],
-        ["HSET", keys.batches_key(record.run_id), "0"],
-    ]  # not the head (unchanged), nor the 49 other tasks
+    writes = [c.split(" ") for c in sent if c.upper().startswith(("HSET", "SET"))]
+    assert [w[:3] for w in writes] == [
+        ["HSET", keys.states_key(record.run_id), "0"],
+        ["HSET", keys.batch_records_key(record.run_id), "0"],
+    ]  # not the head (unchanged), nor the other tasks' buckets
+    assert all(len(w) == 4 for w in writes)  # one bucket each (base64 has no space)
+    assert len(store.redis.hget(keys.states_key(record.run_id), "0")) < 1024  # 64 states, compressed
     again = store.get(record.run_id)
-    assert list(again.tasks) == [f"t{i}" for i in range(50)] and again.batches == after.batches
+    assert list(again.tasks) == [f"t{i}" for i in range(4 * packed.TASKS_PER_BUCKET)]
+    assert again.batches == after.batches
     assert again.tasks["t3"].status is TaskStatus.passed
     assert store.job_view(record.run_id, "t3", 1, 0).batch.tasks == ["t3"]
+
+
+def test_a_window_rewrites_the_buckets_it_read_and_starts_new_ones(store):
+    """A boundary's window (runparts.Window) reads its batch's bucket and the last; the batch it opens
+    may start a bucket of its own. Nothing else of the run is read or lost."""
+    size = 2 * packed.BATCHES_PER_BUCKET
+    record = stored_record(store, n=size + 1)
+    batches = [BatchRecord(index=i, tasks=[f"t{i}"], base_ref="main", base_sha="0" * 40) for i in range(size)]
+    store.update(record.run_id, lambda r: r.batches.extend(batches))
+
+    def change(r: RunRecord) -> None:
+        r.batches[5].status, r.tasks["t5"].status = BatchStatus.done, TaskStatus.passed
+        r.batches.append(BatchRecord(index=size, tasks=[f"t{size}"], base_ref="main", base_sha="1" * 40))
+
+    with store.redis.monitor() as monitor:
+        store.update(record.run_id, change, window=runparts.Window(5))
+        sent: list[str] = []
+        while not (sent and sent[-1].upper() == "EXEC"):
+            sent.append(monitor.next_command()["command"])
+    whole = [f"HGETALL {keys.states_key(record.run_id)}", f"HGETALL {keys.batch_records_key(record.run_id)}"]
+    assert not set(whole) & set(sent)  # no whole read
+    assert store.redis.hlen(keys.batch_records_key(record.run_id)) == 3
+    again = store.get(record.run_id)
+    assert [b.index for b in again.batches] == list(range(size + 1))
+    assert again.batches[5].status is BatchStatus.done and again.tasks["t5"].status is TaskStatus.passed
+    assert all(again.batches[i] == batches[i] for i in range(size) if i != 5)
+    assert again.batches[size].base_sha == "1" * 40
 
 
 def test_a_reader_that_looks_again_parses_only_the_states_that_changed(store):
@@ -103,8 +138,29 @@ def test_a_run_stored_whole_by_an_earlier_version_is_read_and_split_at_its_next_
     assert store.job_view(record.run_id, "t1", 1, 0).batch.tasks == ["t1"]
     store.update(record.run_id, lambda r: setattr(r.tasks["t2"], "status", TaskStatus.skipped))
     assert "tasks" not in json.loads(store.redis.get(keys.run_key(record.run_id)))
-    assert store.redis.hlen(keys.tasks_key(record.run_id)) == 3
+    assert sorted(stored(store, keys.states_key(record.run_id))) == ["t0", "t1", "t2"]
     assert store.get(record.run_id).tasks["t2"].status is TaskStatus.skipped
+
+
+def test_a_run_stored_a_field_a_task_by_an_earlier_version_is_read_and_packed_at_its_next_update(store):
+    record = make_record([{"key": f"t{i}", "prompt": "p"} for i in range(3)], {})
+    record.run_id = new_run_id()
+    record.batches.append(BatchRecord(index=0, tasks=["t1"], base_ref="main", base_sha="0" * 40))
+    parts = runparts.split(record)  # the layout before packed.py: a hash field a task and a batch
+    store.redis.set(keys.taskset_key(record.run_id), record.taskset.model_dump_json())
+    store.redis.hset(keys.tasks_key(record.run_id), mapping=parts.tasks)
+    store.redis.hset(keys.batches_key(record.run_id), mapping=parts.batches)
+    store.redis.set(keys.run_key(record.run_id), parts.head)
+    assert list(store.get(record.run_id, window=runparts.Window(0)).tasks) == ["t0", "t1", "t2"]
+    assert store.job_view(record.run_id, "t1", 1, 0).batch.tasks == ["t1"]
+    store.update(record.run_id, lambda r: setattr(r.tasks["t2"], "status", TaskStatus.skipped))
+    assert not store.redis.exists(keys.tasks_key(record.run_id), keys.batches_key(record.run_id))
+    assert sorted(stored(store, keys.states_key(record.run_id))) == ["t0", "t1", "t2"]
+    assert list(stored(store, keys.batch_records_key(record.run_id))) == ["0"]
+    fresh = Store(store.redis)
+    assert list(fresh.get(record.run_id, window=runparts.Window(0)).tasks) == ["t1"]  # packed: a window
+    assert fresh.get(record.run_id).tasks["t2"].status is TaskStatus.skipped
+    assert fresh.job_view(record.run_id, "t1", 1, 0).batch.tasks == ["t1"]
 
 
 def test_the_first_result_of_a_run_wins(store):
@@ -149,7 +205,7 @@ def test_tasks_the_pilot_adds_are_seen_by_every_reader(store):
         view = reader.job_view(record.run_id, "fix", 1, 0)
         assert view.taskset.verify_for("fix") == "make check" and view.state.key == "fix"
     assert len(store._taskset(record.run_id).tasks) == 3  # the stored set, written once, stays as it was
-    assert "fix" not in (store.redis.get(keys.taskset_key(record.run_id)) or "")
+    assert "fix" not in packed.unsqueeze(store.redis.get(keys.taskset_key(record.run_id)))
 
 
 def test_concurrent_writers_lose_nothing(store):

@@ -73,7 +73,7 @@ def sent(store, write_taskset, data: dict[str, Any]) -> tuple[list[str], str]:
 def whole_reads(store, write_taskset, data: dict[str, Any]) -> tuple[int, str]:
     """How many times the run's task states were read whole (HGETALL) while it ran, and its run id."""
     seen, run_id = sent(store, write_taskset, data)
-    return sum(cmd == f"HGETALL {keys.tasks_key(run_id)}" for cmd in seen), run_id
+    return sum(cmd == f"HGETALL {keys.states_key(run_id)}" for cmd in seen), run_id
 
 
 def test_boundaries_where_nothing_failed_do_not_read_the_whole_run(make_repo, write_taskset, store, worker):
@@ -81,7 +81,7 @@ def test_boundaries_where_nothing_failed_do_not_read_the_whole_run(make_repo, wr
     assert wait_for_run(store, run_id).status is RunStatus.passed
     # The first batch's dispatch and the run's end read every task; the LAYERS - 1 boundaries between
     # read their batch's window. Reading whole, each boundary read the run twice (10 more here).
-    assert sum(cmd == f"HGETALL {keys.tasks_key(run_id)}" for cmd in seen) == 2
+    assert sum(cmd == f"HGETALL {keys.states_key(run_id)}" for cmd in seen) == 2
     # The plan is written once, and each batch that opens takes its first batch off it: a boundary
     # reads the next batch alone (LINDEX), whatever the plan's length.
     plan = keys.plan_key(run_id)
