@@ -302,6 +302,38 @@ def write(
             pipe.hset(name, mapping=buckets.writes(changed, bucket_of))
 
 
+def places(taskset: TaskSet) -> dict[str, int]:
+    """Each task's place in the task set, which picks its bucket (packed.task_bucket)."""
+    return {t.key: i for i, t in enumerate(taskset.tasks)}
+
+
+class TaskSets:
+    """Each run's stored task set (without the pilot's tasks), parsed once per process with its tasks'
+    places: it never changes. The last `size` runs' are kept."""
+
+    def __init__(self, client: Any, size: int = 64) -> None:
+        self.client, self.size = client, size
+        self._kept: dict[str, tuple[TaskSet, dict[str, int]]] = {}
+
+    def get(self, run_id: str) -> tuple[TaskSet, dict[str, int]]:
+        kept = self._kept.get(run_id)
+        if kept is None:
+            stored = self.client.get(keys.taskset_key(run_id))
+            if stored is None:
+                raise InputError("run", run_id, "its task set is missing from the store")
+            # An earlier version stored it as plain JSON.
+            taskset = TaskSet.model_validate_json(
+                stored if stored.startswith("{") else packed.unsqueeze(stored)
+            )
+            if len(self._kept) >= self.size:
+                self._kept.pop(next(iter(self._kept)))
+            kept = self._kept[run_id] = (taskset, places(taskset))
+        return kept
+
+    def forget(self, run_id: str) -> None:
+        self._kept.pop(run_id, None)
+
+
 @dataclass
 class JobView:
     """What a job reads of its run: the run's fixed parts, its batch, and its task's state with the

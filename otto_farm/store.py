@@ -40,7 +40,6 @@ EVENTS_MAXLEN = 10_000
 CANCEL_TTL_S = 7 * 24 * 3600  # long after any job of the run could still be running
 LOG_TTL_S = 14 * 24 * 3600
 LOCK_WAIT_S = 600.0  # a callback waits this long for another's merge before leaving the batch to the sweep
-TASKSET_CACHE = 64  # task sets kept parsed per process: a run's never changes
 # add_result in one round trip: the first result of a run is kept, counted and announced, and its
 # sandbox kind noted; a later one gets the kept one back. KEYS: results, usage, events, sandboxes.
 # ARGV: field, result, ttl, events maxlen, sandbox kind ('' if none), the number of counters,
@@ -82,10 +81,6 @@ def _event(kind: str, fields: dict[str, Any]) -> dict[str, str]:
     return cast(dict[str, str], redact.stored(entry))
 
 
-def _places(taskset: TaskSet) -> dict[str, int]:
-    return {t.key: i for i, t in enumerate(taskset.tasks)}
-
-
 def _redacted(result: TaskResult) -> TaskResult:
     """The result with no secret the worker knows in its text (outputs, errors, messages)."""
     data = result.model_dump(mode="json")
@@ -98,7 +93,7 @@ class Store:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        self._tasksets: dict[str, tuple[TaskSet, dict[str, int]]] = {}
+        self._tasksets = runparts.TaskSets(client)
         self._add_result = client.register_script(_ADD_RESULT)
 
     @classmethod
@@ -117,7 +112,7 @@ class Store:
         # The head last: a reader that finds it finds the task set and the other parts too.
         with self.redis.pipeline() as pipe:
             pipe.set(keys.taskset_key(record.run_id), packed.squeeze(record.taskset.model_dump_json()))
-            runparts.write(pipe, record.run_id, runparts.split(record), self._places(record.run_id, record))
+            runparts.write(pipe, record.run_id, runparts.split(record), runparts.places(record.taskset))
             pipe.execute()
         self.redis.zadd(keys.runs_index_key(), {record.run_id: record.created_at.timestamp()})
         self.redis.sadd(keys.active_runs_key(), record.run_id)
@@ -217,30 +212,12 @@ class Store:
         added = [TaskSpec.model_validate(t) for t in head.get("added_tasks", ())]
         return with_tasks(self._taskset(run_id), added)
 
-    def _places(self, run_id: str, record: RunRecord | None = None) -> dict[str, int]:
-        """Each task's place in the run's stored task set (packed.task_bucket); `record`: a run being
-        created, its task set not stored yet."""
-        if record is not None:
-            return _places(record.taskset)
-        self._taskset(run_id)
-        return self._tasksets[run_id][1]
+    def _places(self, run_id: str) -> dict[str, int]:
+        return self._tasksets.get(run_id)[1]
 
     def _taskset(self, run_id: str) -> TaskSet:
-        """The run's task set as stored (without the pilot's tasks), parsed once per process with its
-        tasks' places: it never changes."""
-        cached = self._tasksets.get(run_id)
-        if cached is None:
-            stored = cast(str | None, self.redis.get(keys.taskset_key(run_id)))
-            if stored is None:
-                raise InputError("run", run_id, "its task set is missing from the store")
-            # An earlier version stored it as plain JSON.
-            taskset = TaskSet.model_validate_json(
-                stored if stored.startswith("{") else packed.unsqueeze(stored)
-            )
-            if len(self._tasksets) >= TASKSET_CACHE:
-                self._tasksets.pop(next(iter(self._tasksets)))
-            cached = self._tasksets[run_id] = (taskset, _places(taskset))
-        return cached[0]
+        """The run's task set as stored (without the pilot's tasks)."""
+        return self._tasksets.get(run_id)[0]
 
     def update(
         self,
@@ -419,4 +396,4 @@ class Store:
             pipe.zrem(keys.runs_index_key(), run_id)
             pipe.srem(keys.active_runs_key(), run_id)
             pipe.execute()
-        self._tasksets.pop(run_id, None)
+        self._tasksets.forget(run_id)
