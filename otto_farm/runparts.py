@@ -289,7 +289,7 @@ def write(
     if before is None or before.legacy:  # every part is written, in this layout
         if before is not None:
             pipe.delete(keys.tasks_key(run_id), keys.batches_key(run_id))
-        before = Parts(before.head if before else None, plan=parts.plan)
+        before = Parts(None)  # its tasks and batches none, its buckets empty
 
     def task_bucket(key: str) -> str:
         return packed.task_bucket(key, places)
