@@ -177,14 +177,17 @@ def test_a_pilot_job_celery_killed_leaves_the_decision_to_the_replan(
 def test_a_callback_that_fires_before_every_result_is_in_waits_for_the_sweep(
     make_repo, write_taskset, store, worker, tmp_path
 ):
-    log = tmp_path / "agent.log"
+    log, go = tmp_path / "agent.log", tmp_path / "go"
     data = {"repo": str(make_repo()), **agent_taskset(log, ["a"], 0)}
-    data["tasks"].append({"key": "slow", "prompt": "p", "agent": {"command": "sleep 4; touch slow.txt"}})
+    # `slow` runs until the test lets it end (30 s at most), however slow the machine is.
+    wait = f"for i in $(seq 600); do [ -e {go} ] && break; sleep 0.05; done; touch slow.txt"
+    data["tasks"].append({"key": "slow", "prompt": "p", "agent": {"command": wait}})
     run_id = coordinator.start(store, taskset.load(write_taskset(data))).run_id
     wait_for(lambda: store.get(run_id).tasks["a"].results != [])
     # As when a duplicate delivery of `a` counted twice: the callback fires with `slow` still running.
     early = [store.get(run_id).tasks["a"].results[0].model_dump(mode="json")]
     app.signature("otto_farm.batch_done", args=(early, run_id, 0)).apply_async().get(timeout=30)
+    go.touch()
     record = wait_for_run(store, run_id)
     assert record.status is RunStatus.passed
     assert all(s.merged_sha == record.integration_sha for s in record.tasks.values())
