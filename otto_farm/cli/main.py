@@ -7,6 +7,7 @@ them all would load Celery, Redis and the models, over a second, to print a page
 from __future__ import annotations
 
 import ast
+import gc
 import importlib
 import importlib.util
 from functools import cache
@@ -86,6 +87,9 @@ def _load(module: str, name: str) -> Any:
     """The command as typer builds it from its function (a one-command app is that command)."""
     one = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     one.command(name)(getattr(importlib.import_module(module), name))
+    # What the imports made lives as long as the process: out of the collector's sight, a command that
+    # builds many objects (`status` of a 10,000-task run: a fifth of its time) does not walk it again.
+    gc.freeze()
     return typer.main.get_command(one)
 
 
